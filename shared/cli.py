@@ -1,0 +1,42 @@
+"""``grpo-math``: one console script, one subcommand per job.
+
+Each subcommand is a module with ``main(argv)``; this dispatcher names the modules as strings and
+imports only the one asked for, so ``shared`` has no import-time dependency on either service and
+``grpo-math --help`` answers in a blink.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "embedded-model": ("shared.models", "print the embedded CPU model's folder, converting it on first use"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="grpo-math",
+        description="GRPO for grade-school math: a vLLM generator server and a 4-bit LoRA trainer.",
+        epilog="Run `grpo-math COMMAND --help` for a command's flags and their defaults.",
+    )
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help=_commands_help())
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    parsed = parser.parse_args(argv[:1])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module_name, _ = COMMANDS[parsed.command]
+    return importlib.import_module(module_name).main(argv[1:]) or 0
+
+
+def _commands_help() -> str:
+    return "; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

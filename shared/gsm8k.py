@@ -1,0 +1,77 @@
+"""GSM8K: grade-school math word problems, loaded as prompt messages plus a normalised answer.
+
+Sources, chosen by ``load_gsm8k(split, source=...)``:
+
+- ``"bundled"`` (default): the copy shipped in this package (``shared/data``, MIT, see its
+  ``SOURCE.md``); needs nothing else.
+- ``"hub"``: ``openai/gsm8k`` (config ``main``) through ``datasets``, when online.
+- a path to any JSONL file with GSM8K's ``{"question", "answer": "... #### N"}`` rows.
+
+The answer is the text after ``####``, stripped, with thousands commas removed: the recipe kept
+``"1,080"`` and so scored every correct ``1080`` at -0.5.
+"""
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.prompting import Message, build_prompt
+
+BUNDLED_DIR = Path(__file__).parent / "data"
+HUB_ID = "openai/gsm8k"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class MathProblem:
+    question: str
+    solution: str  # GSM8K's worked solution, with <<calculator>> annotations and the "#### N" line
+    answer: str  # normalised final answer, e.g. "1080"
+    prompt: list[Message]  # system prompt + question, ready for a chat template
+
+
+def normalise_answer(solution: str) -> str:
+    """The final answer of a GSM8K solution: after ``####``, stripped, thousands commas removed.
+
+    >>> normalise_answer("48/2 = <<48/2=24>>24\\n#### 1,080")
+    '1080'
+    >>> normalise_answer("#### -7 ")
+    '-7'
+    """
+    if "####" not in solution:
+        raise ValueError(f"GSM8K solution has no '####' answer line: {solution[-80:]!r}")
+    return solution.split("####")[-1].strip().replace(",", "")
+
+
+def problem_from_row(row: dict) -> MathProblem:
+    return MathProblem(
+        question=row["question"],
+        solution=row["answer"],
+        answer=normalise_answer(row["answer"]),
+        prompt=build_prompt(row["question"]),
+    )
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def load_gsm8k(split: str = "train", source: str = "bundled") -> list[MathProblem]:
+    """All rows of one split (or of a JSONL file, where ``split`` is ignored), in file order."""
+    if source == "bundled":
+        if split not in SPLITS:
+            raise ValueError(f"unknown GSM8K split {split!r}; expected one of {SPLITS}")
+        rows = _read_jsonl(BUNDLED_DIR / f"gsm8k_{split}.jsonl.gz")
+    elif source == "hub":
+        import datasets  # imported here: slow, and only this source needs it
+
+        rows = list(datasets.load_dataset(HUB_ID, "main", split=split))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"GSM8K source {source!r} is neither 'bundled', 'hub' nor a JSONL file")
+        rows = _read_jsonl(path)
+    return [problem_from_row(row) for row in rows]

