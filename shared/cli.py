@@ -13,6 +13,8 @@ import sys
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("generator_server.__main__", "run the generator server (vLLM, grouped sampling, LoRA hot-load)"),
+    "train": ("trainer.train", "GRPO on a 4-bit LoRA model, sampling from the server, pushing the adapter every step"),
+    "sft": ("trainer.sft", "supervised format warm-up of the 4-bit LoRA adapter (before GRPO on small models)"),
     "embedded-model": ("shared.models", "print the embedded CPU model's folder, converting it on first use"),
 }
 

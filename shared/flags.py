@@ -2,7 +2,8 @@
 
 A field ``max_lora_rank: int = field(default=16, metadata={"help": "..."})`` becomes
 ``--max-lora-rank`` with ``type=int``, that default and that help; ``--help`` shows every default.
-Booleans become ``--name/--no-name``; ``X | None`` fields accept ``none``. Field names follow the
+Booleans become ``--name/--no-name``; ``X | None`` fields accept ``none``; ``tuple[X, ...]``
+takes one or more values. Field names follow the
 flags one-to-one, so ``settings.json`` in a run directory reads like the command line.
 
 >>> from dataclasses import dataclass, field
@@ -11,10 +12,11 @@ flags one-to-one, so ``settings.json`` in a run directory reads like the command
 ...     max_steps: int = field(default=10, metadata={"help": "optimizer steps"})
 ...     seed: int | None = field(default=None, metadata={"help": "random seed"})
 ...     eager: bool = field(default=False, metadata={"help": "no graphs"})
+...     modules: tuple[str, ...] = field(default=("q_proj",), metadata={"help": "targets"})
 >>> parser = argparse.ArgumentParser()
 >>> add_flags(parser, Demo)
->>> settings_from_args(Demo, parser.parse_args(["--max-steps", "3", "--eager", "--seed", "none"]))
-Demo(max_steps=3, seed=None, eager=True)
+>>> settings_from_args(Demo, parser.parse_args(["--max-steps", "3", "--eager", "--seed", "none", "--modules", "a", "b"]))
+Demo(max_steps=3, seed=None, eager=True, modules=('a', 'b'))
 """
 
 import argparse
@@ -43,6 +45,10 @@ def add_flags(parser: argparse.ArgumentParser, settings_type: type) -> None:
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
             continue
+        if typing.get_origin(base) is tuple:  # tuple[X, ...]: one or more values
+            item = typing.get_args(base)[0]
+            parser.add_argument(flag, type=item, nargs="+", default=field.default, help=help_text)
+            continue
         choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
         parse = type(choices[0]) if choices else base
         parser.add_argument(
@@ -56,4 +62,5 @@ def add_flags(parser: argparse.ArgumentParser, settings_type: type) -> None:
 
 
 def settings_from_args(settings_type: type, args: argparse.Namespace):
-    return settings_type(**{field.name: getattr(args, field.name) for field in dataclasses.fields(settings_type)})
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(settings_type)}
+    return settings_type(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})

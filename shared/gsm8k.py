@@ -13,6 +13,7 @@ The answer is the text after ``####``, stripped, with thousands commas removed: 
 
 import gzip
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,15 @@ def normalise_answer(solution: str) -> str:
     if "####" not in solution:
         raise ValueError(f"GSM8K solution has no '####' answer line: {solution[-80:]!r}")
     return solution.split("####")[-1].strip().replace(",", "")
+
+
+def solution_reasoning(solution: str) -> str:
+    """The worked solution without its ``<<calculator>>`` annotations and ``#### N`` line.
+
+    >>> solution_reasoning("Natalia sold 48/2 = <<48/2=24>>24 clips.\\n#### 72")
+    'Natalia sold 48/2 = 24 clips.'
+    """
+    return re.sub(r"<<[^>]*>>", "", solution.split("####")[0]).strip()
 
 
 def problem_from_row(row: dict) -> MathProblem:

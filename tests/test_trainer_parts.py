@@ -1,0 +1,128 @@
+"""The trainer's parts on the embedded model: log-probabilities, batching, data order, the pushed
+adapter's format, and bad settings."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load as load_safetensors
+
+from generator_server.adapters import check_adapter, linear_layer_shapes
+from shared.gsm8k import load_gsm8k
+from shared.models import embedded_model_dir
+from trainer.policy import adapter_upload, completion_logprobs, load_policy
+from trainer.train import Sequence, collate, micro_batches, parse_settings, problems_for_step
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    return load_policy(
+        str(embedded_model_dir()), load_in_4bit=True, lora_r=16, lora_alpha=32, lora_dropout=0.0,
+        target_modules=("q_proj", "v_proj"), init_adapter=None, gradient_checkpointing=False, device=torch.device("cpu"),
+    )
+
+
+def test_policy_is_nf4_with_the_recipe_lora(policy):
+    import bitsandbytes
+
+    linear_4bit = [m for m in policy.modules() if isinstance(m, bitsandbytes.nn.Linear4bit)]
+    assert linear_4bit and all(m.weight.quant_type == "nf4" and m.weight.quant_state.nested for m in linear_4bit)
+    config = policy.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout, sorted(config.target_modules)) == (16, 32, 0.0, ["q_proj", "v_proj"])
+    assert sum(p.numel() for p in policy.parameters() if p.requires_grad) == 921_600
+
+
+def test_chunked_logprobs_equal_a_full_log_softmax_and_reach_lora(policy):
+    torch.manual_seed(3)
+    sequences = [Sequence([5, 6, 7, 8], [9, 10, 11], [-1.0] * 3, 1.0), Sequence([5, 6], [12, 13, 14, 15, 2], [-1.0] * 5, -1.0)]
+    batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"))
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11], [5, 6, 12, 13, 14, 15, 2]]
+    assert batch["completion_mask"].tolist() == [[True, True, True, False, False], [True] * 5]
+    logps, entropies = completion_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["completion_positions"],
+                                           batch["completion_mask"], temperature=0.7, chunk_tokens=3)
+    with torch.no_grad():
+        causal_lm = policy.get_base_model()
+        hidden = causal_lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        full = torch.log_softmax(hidden.float() @ causal_lm.lm_head.weight.float().T / 0.7, dim=-1)  # (B, L, vocab)
+    expected = torch.zeros(2, 5)
+    for row, sequence in enumerate(sequences):
+        start = len(sequence.prompt_token_ids)
+        for offset, token in enumerate(sequence.completion_token_ids):
+            expected[row, offset] = full[row, start + offset - 1, token]
+    assert torch.allclose(logps.detach(), expected, atol=1e-5)
+    probabilities = full.exp()
+    assert entropies[1, 0].item() == pytest.approx(-(probabilities[1, 1] * full[1, 1]).sum().item(), rel=1e-4)
+    (logps * batch["completion_mask"]).sum().backward()
+    lora_b_grads = [p.grad for name, p in policy.named_parameters() if "lora_B" in name]
+    assert len(lora_b_grads) == 60 and all(g is not None and g.abs().sum() > 0 for g in lora_b_grads)
+    policy.zero_grad(set_to_none=True)
+
+
+def test_a_no_grad_forward_leaves_the_policy_trainable(policy):
+    """bitsandbytes repacks an nf4 layer that runs in eval mode without gradients (and then passes
+    no gradient back); the policy stays in train mode, so a no-grad pass must not trigger that."""
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        policy(input_ids=ids)
+    assert policy.training
+    logits = policy(input_ids=ids).logits
+    logits[0, -1, 0].backward()
+    assert all(p.grad is not None for name, p in policy.named_parameters() if "lora_B" in name)
+    policy.zero_grad(set_to_none=True)
+
+
+def test_micro_batches_group_similar_lengths():
+    sequences = [Sequence([1] * p, [2] * c, [0.0] * c, 1.0) for p, c in [(10, 90), (10, 5), (10, 50), (10, 7)]]
+    batches = micro_batches(sequences, size=2)
+    assert [[len(s.completion_token_ids) for s in batch] for batch in batches] == [[5, 7], [50, 90]]
+
+
+def test_data_order_is_a_function_of_seed_and_step():
+    problems = load_gsm8k("train")
+    first = [p.question for step in range(1, 4) for p in problems_for_step(problems, step, 2, seed=42)]
+    again = [p.question for step in range(1, 4) for p in problems_for_step(problems, step, 2, seed=42)]
+    assert first == again and len(set(first)) == 6
+    assert first != [p.question for step in range(1, 4) for p in problems_for_step(problems, step, 2, seed=43)]
+    one_epoch = [p.question for step in range(1, len(problems) // 2 + 1) for p in problems_for_step(problems, step, 2, seed=42)]
+    assert len(set(one_epoch)) == len(one_epoch)  # an epoch visits every question once
+
+
+def test_pushed_adapter_is_peft_format_and_passes_the_server_checks(policy, tmp_path):
+    upload = adapter_upload(policy, version=7)
+    assert upload.version == 7 and json.loads(upload.adapter_config)["r"] == 16
+    tensors = load_safetensors(upload.adapter_model)
+    assert len(tensors) == 30 * 2 * 2 and all(key.startswith("base_model.model.model.layers.") for key in tensors)
+    assert check_adapter(upload.adapter_config, upload.adapter_model, linear_layer_shapes(str(embedded_model_dir())), max_rank=16) == 16
+    (tmp_path / "adapter_config.json").write_text(upload.adapter_config)
+    (tmp_path / "adapter_model.safetensors").write_bytes(upload.adapter_model)
+    from transformers import AutoModelForCausalLM
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded_model_dir()), tmp_path)
+    assert loaded.peft_config["default"].r == 16
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--learning-rate", "0"], "--learning-rate must be > 0"),
+    (["--learning-rate=-1e-5"], "--learning-rate must be > 0"),
+    (["--num-generations", "1"], "--num-generations must be at least 2"),
+    (["--model", "./no/such/model"], "--model ./no/such/model: no such folder"),
+    (["--init-adapter", "/tmp"], "no adapter_config.json"),
+    (["--resume"], "--resume needs --output-dir"),
+    (["--reward-weights", "1", "2"], "--reward-weights needs 4 values"),
+    (["--loss-type", "ppo"], "invalid choice"),
+])
+def test_bad_settings_fail_fast_naming_the_flag(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unreachable_server_fails_fast():
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "train", "--server-url", "http://127.0.0.1:9", "--server-timeout", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "--server-url" in result.stderr and "not reachable" in result.stderr
