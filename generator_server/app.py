@@ -103,8 +103,8 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
             return
         engine = app.state.engine
         logger.info(
-            "ready: model %s, dtype %s, device %s, LoRA rank <= %d, %d adapter versions kept, http://%s:%d",
-            model_path, engine.engine.model_config.dtype, "cpu" if on_cpu else "cuda",
+            "ready: model %s (%s), dtype %s, device %s, LoRA rank <= %d, %d adapter versions kept, http://%s:%d",
+            model_path, settings.resolved_quantization(on_cpu), engine.engine.model_config.dtype, "cpu" if on_cpu else "cuda",
             settings.max_lora_rank, settings.adapter_keep, settings.host, settings.port,
         )
 

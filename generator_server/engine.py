@@ -39,6 +39,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from generator_server.adapters import AdapterRejected, check_adapter, linear_layer_shapes
 from generator_server.settings import ServerSettings
+from shared.models import nf4_dequantized_dir
 from shared.protocol import (
     AdapterListResponse,
     AdapterLoadResponse,
@@ -136,7 +137,7 @@ class GeneratorEngine:
         self._adapter_root = Path(tempfile.mkdtemp(prefix="grpo-math-adapters-", dir=shm if shm.is_dir() else None))
 
     @classmethod
-    def engine_args(cls, settings: ServerSettings, model_path: str, on_cpu: bool) -> AsyncEngineArgs:
+    def engine_args(cls, settings: ServerSettings, weights_path: str, on_cpu: bool) -> AsyncEngineArgs:
         device_specific = (
             # vLLM sees one NUMA node on CPU, so the KV cache is sized explicitly; whole prefills
             # only (see the module docstring: split seeded prefills kill the CPU engine).
@@ -144,8 +145,9 @@ class GeneratorEngine:
             if on_cpu
             else dict(gpu_memory_utilization=settings.gpu_memory_utilization)
         )
+        quantization = settings.resolved_quantization(on_cpu)
         return AsyncEngineArgs(
-            model=model_path,
+            model=weights_path,
             dtype=settings.dtype,
             max_model_len=settings.max_model_len,
             max_num_batched_tokens=max(settings.max_model_len, 8192),
@@ -155,15 +157,19 @@ class GeneratorEngine:
             max_cpu_loras=settings.adapter_keep + 1,
             enforce_eager=settings.enforce_eager,
             logprobs_mode="processed_logprobs",
-            quantization=None if settings.quantization == "none" else settings.quantization,
+            quantization="bitsandbytes" if quantization == "bitsandbytes" else None,
             disable_log_stats=False,
             **device_specific,
         )
 
     @classmethod
     def start(cls, settings: ServerSettings, model_path: str, on_cpu: bool) -> "GeneratorEngine":
-        """Blocking (≈ 15–30 s on CPU): build the vLLM engine, then the tokenizer and shapes."""
-        engine = AsyncLLM.from_engine_args(cls.engine_args(settings, model_path, on_cpu))
+        """Blocking (≈ 15–30 s on CPU): build the vLLM engine, then the tokenizer and shapes.
+        With ``nf4-dequantized`` the engine loads the nf4 round-trip copy of ``model_path``."""
+        weights_path = model_path
+        if settings.resolved_quantization(on_cpu) == "nf4-dequantized":
+            weights_path = str(nf4_dequantized_dir(model_path))
+        engine = AsyncLLM.from_engine_args(cls.engine_args(settings, weights_path, on_cpu))
         return cls(settings, model_path, engine, on_cpu)
 
     def shutdown(self) -> None:

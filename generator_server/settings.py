@@ -23,9 +23,14 @@ class ServerSettings:
     enforce_eager: bool = field(default=False, metadata={"help": "no CUDA graphs / torch.compile (faster start, used in tests)"})
     kv_cache_bytes: int = field(default=2**30, metadata={"help": "CPU: bytes of KV cache (vLLM sees one NUMA node, so it is given explicitly); ignored on GPU"})
     gpu_memory_utilization: float = field(default=0.85, metadata={"help": "GPU: fraction of memory vLLM may use; ignored on CPU"})
-    quantization: Literal["none", "bitsandbytes"] = field(default="none", metadata={"help": "GPU: bitsandbytes serves the same nf4 base the trainer trains on"})
+    quantization: Literal["auto", "none", "bitsandbytes", "nf4-dequantized"] = field(default="auto", metadata={"help": "serve the nf4 base the 4-bit trainer trains on: bitsandbytes (GPU), or nf4-dequantized (the nf4 weights stored as bf16; CPU, where vLLM has no bitsandbytes); auto = bitsandbytes on CUDA, nf4-dequantized on CPU; none = the model as it is"})
     cpu_threads: str = field(default="all", metadata={"help": "CPU: cores vLLM binds to ('all' = every core this process may use, else a list like 0-3); vLLM's own default keeps one core free"})
     log_level: str = field(default="info", metadata={"help": "uvicorn and server log level"})
+
+    def resolved_quantization(self, on_cpu: bool) -> str:
+        if self.quantization == "auto":
+            return "nf4-dequantized" if on_cpu else "bitsandbytes"
+        return self.quantization
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get("GRPO_MATH_API_KEY") or None

@@ -16,7 +16,7 @@ import torch
 from shared.models import embedded_model_dir
 
 API_KEY = "test-key-123"
-SERVER_FLAGS = ["--dtype", "float32", "--enforce-eager", "--kv-cache-bytes", str(512 * 2**20), "--max-model-len", "2048"]
+SERVER_FLAGS = ["--dtype", "float32", "--quantization", "none", "--enforce-eager", "--kv-cache-bytes", str(512 * 2**20), "--max-model-len", "2048"]
 
 
 def pytest_collection_modifyitems(config, items):

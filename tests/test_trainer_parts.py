@@ -11,10 +11,9 @@ from peft import PeftModel
 from safetensors.torch import load as load_safetensors
 
 from generator_server.adapters import check_adapter, linear_layer_shapes
-from shared.gsm8k import load_gsm8k
 from shared.models import embedded_model_dir
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
-from trainer.train import Sequence, collate, micro_batches, parse_settings, problems_for_step
+from trainer.train import Sequence, collate, micro_batches, parse_settings, question_indices
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +81,11 @@ def test_micro_batches_group_similar_lengths():
 
 
 def test_data_order_is_a_function_of_seed_and_step():
-    problems = load_gsm8k("train")
-    first = [p.question for step in range(1, 4) for p in problems_for_step(problems, step, 2, seed=42)]
-    again = [p.question for step in range(1, 4) for p in problems_for_step(problems, step, 2, seed=42)]
-    assert first == again and len(set(first)) == 6
-    assert first != [p.question for step in range(1, 4) for p in problems_for_step(problems, step, 2, seed=43)]
-    one_epoch = [p.question for step in range(1, len(problems) // 2 + 1) for p in problems_for_step(problems, step, 2, seed=42)]
+    size = 7473
+    first = [i for step in range(1, 4) for i in question_indices(step, 2, size, seed=42)]
+    assert first == [i for step in range(1, 4) for i in question_indices(step, 2, size, seed=42)] and len(set(first)) == 6
+    assert first != [i for step in range(1, 4) for i in question_indices(step, 2, size, seed=43)]
+    one_epoch = [i for step in range(1, size // 2 + 1) for i in question_indices(step, 2, size, seed=42)]
     assert len(set(one_epoch)) == len(one_epoch)  # an epoch visits every question once
 
 

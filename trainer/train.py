@@ -43,7 +43,7 @@ from shared.flags import add_flags, settings_from_args
 from shared.gsm8k import MathProblem, load_gsm8k
 from shared.models import resolve_model
 from shared.protocol import GenerateRequest, GenerateResponse
-from shared.rewards import REWARD_FUNCTIONS, WeightedReward, score_completions
+from shared.rewards import REWARD_FUNCTIONS, WeightedReward, match_format_exactly, score_completions
 from trainer.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.client import GeneratorClient, ServerError
 from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
@@ -86,14 +86,18 @@ def _epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     return random.Random(seed * 1_000_003 + epoch).sample(range(size), size)
 
 
-def problems_for_step(problems: list[MathProblem], step: int, per_step: int, seed: int) -> list[MathProblem]:
-    """The questions of a step: a seeded shuffle of the data, reshuffled every epoch. A function of
-    (seed, step) alone, so a resumed run continues the same order."""
-    batch = []
+def question_indices(step: int, per_step: int, size: int, seed: int) -> list[int]:
+    """Which of the ``size`` questions step ``step`` trains on: a seeded shuffle, reshuffled every
+    epoch. A function of (seed, step) alone, so a resumed run continues the same order.
+
+    >>> question_indices(1, 2, 10, seed=0), question_indices(6, 2, 10, seed=0)  # step 6 starts epoch 2
+    ([6, 9], [2, 1])
+    """
+    indices = []
     for position in range((step - 1) * per_step, step * per_step):
-        epoch, index = divmod(position, len(problems))
-        batch.append(problems[_epoch_order(len(problems), seed, epoch)[index]])
-    return batch
+        epoch, index = divmod(position, size)
+        indices.append(_epoch_order(size, seed, epoch)[index])
+    return indices
 
 
 def micro_batches(sequences: list[Sequence], size: int) -> list[list[Sequence]]:
@@ -145,7 +149,8 @@ def sample(run: Run, problems: list[MathProblem]) -> GenerateResponse:
 
 def train_step(step: int, run: Run, policy, optimizer, scheduler) -> dict[str, float]:
     settings, timings = run.settings, {}
-    problems = problems_for_step(run.problems, step, settings.prompts_per_step, settings.seed)
+    indices = question_indices(step, settings.prompts_per_step, len(run.problems), settings.seed)
+    problems = [run.problems[index] for index in indices]
 
     # 1. sample
     started = time.perf_counter()
@@ -155,10 +160,11 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler) -> dict[str, f
 
     # 2. score
     started = time.perf_counter()
+    texts = [completion.text for completion in completions]
     group_size = settings.num_generations
     scores = score_completions(
         prompts=[problem.prompt for problem in problems for _ in range(group_size)],
-        completions=[completion.text for completion in completions],
+        completions=texts,
         answer=[problem.answer for problem in problems for _ in range(group_size)],
         rewards=run.rewards,
     )
@@ -232,11 +238,12 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler) -> dict[str, f
     lengths = [len(c.token_ids) for c in completions]
     metrics = {
         "step": step,
+        "first_question_index": indices[0],
         "sampled_with_adapter": -1 if reply.adapter_version is None else reply.adapter_version,
         "reward": rewards.mean().item(),
         "reward_std": rewards.std().item(),
         **{f"rewards/{name}": sum(values) / len(values) for name, values in scores.per_function.items()},
-        "format_exact_rate": sum(v > 0 for v in scores.per_function["match_format_exactly"]) / len(completions),
+        "format_exact_rate": sum(score > 0 for score in match_format_exactly(texts)) / len(completions),
         "zero_std_groups": int((rewards.std(dim=1) == 0).sum()),
         "sequences_trained": len(trained),
         "completion_length_mean": sum(lengths) / len(lengths),

