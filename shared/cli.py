@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("generator_server.__main__", "run the generator server (vLLM, grouped sampling, LoRA hot-load)"),
     "train": ("trainer.train", "GRPO on a 4-bit LoRA model, sampling from the server, pushing the adapter every step"),
     "sft": ("trainer.sft", "supervised format warm-up of the 4-bit LoRA adapter (before GRPO on small models)"),
+    "eval": ("trainer.evaluate", "GSM8K test accuracy of the base model and adapters, with intervals and a chart"),
+    "report": ("trainer.report", "render a run's curves (rewards, format rate, lengths, timing) to PNGs"),
+    "demo": ("trainer.demo", "the CPU demo: server, format warm-up, GRPO, report (what `make demo` runs)"),
     "embedded-model": ("shared.models", "print the embedded CPU model's folder, converting it on first use"),
 }
 

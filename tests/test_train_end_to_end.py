@@ -20,13 +20,13 @@ from trainer.train import question_indices, train
 pytestmark = pytest.mark.slow
 
 
-def starts_with_to(completions, **kwargs) -> list[float]:
-    """Test-only reward, easy to learn: 1 for completions that begin with "To". The embedded
-    model starts 28 % of its GSM8K answers that way (18 of 64 sampled)."""
-    return [1.0 if text.startswith("To") else 0.0 for text in completions]
+def starts_with_a_numbered_list(completions, **kwargs) -> list[float]:
+    """Test-only reward, easy to learn: 1 for completions that begin with "1." (a numbered list).
+    The embedded model starts 19 % of its GSM8K answers that way (12 of 64 sampled)."""
+    return [1.0 if text.startswith("1.") else 0.0 for text in completions]
 
 
-EASY_REWARD = (WeightedReward(starts_with_to),)
+EASY_REWARD = (WeightedReward(starts_with_a_numbered_list),)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,8 @@ def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_
 
     first, last = [sum(row["reward"] for row in part) / 3 for part in (rows[:3], rows[-3:])]
     print(f"\nmean reward of steps 1-3: {first:.3f}, of steps 6-8: {last:.3f}")
-    assert last > first + 0.25  # measured over seeds 0, 1, 2: see the README
+    # measured, seeds 0 / 1 / 2: 0.42 → 0.94, 0.35 → 0.96, 0.25 → 0.96 (the rise was ≥ 0.52 in each)
+    assert last > first + 0.3
 
 
 def test_resume_continues_the_step_counter_and_the_prompt_order(server_url, tmp_path):

@@ -46,6 +46,7 @@ from shared.protocol import GenerateRequest, GenerateResponse
 from shared.rewards import REWARD_FUNCTIONS, WeightedReward, match_format_exactly, score_completions
 from trainer.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.client import GeneratorClient, ServerError
+from trainer.evaluate import RATE_METRICS, evaluate
 from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
 from trainer.settings import TrainSettings
@@ -269,6 +270,17 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler) -> dict[str, f
     return metrics
 
 
+def periodic_eval(run: Run) -> dict[str, float]:
+    """Greedy on the first ``--eval-limit`` test questions with the adapter just pushed."""
+    started = time.perf_counter()
+    questions = list(enumerate(load_gsm8k("test")[: run.settings.eval_limit]))
+    summary, _ = evaluate(run.client, questions, run.sampling_version, max_tokens=run.settings.max_completion_length, progress=False)
+    metrics = {f"eval/{name}": summary[name]["value"] for name in RATE_METRICS}
+    metrics.update({f"eval/{key}": value for key, value in summary.items() if key.startswith("reward/")})
+    metrics["time/eval_s"] = time.perf_counter() - started
+    return metrics
+
+
 # ---- set-up and the loop ----------------------------------------------------------------------
 
 
@@ -390,12 +402,14 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
     with open(run_dir / "metrics.jsonl", "a") as metrics_file:
         for step in progress:
             metrics = train_step(step, run, policy, optimizer, scheduler)
+            if settings.eval_every and step % settings.eval_every == 0:
+                metrics.update(periodic_eval(run))
             if settings.save_every and step % settings.save_every == 0:
                 save_checkpoint(run_dir, step, policy, optimizer, scheduler, settings.keep_checkpoints)
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
             if tracker is not None:
-                trackio.log(metrics, step=step)
+                trackio.log({key: value for key, value in metrics.items() if key != "step"}, step=step)
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", format=f"{metrics['format_exact_rate']:.2f}", step_s=f"{metrics['time/step_s']:.1f}")
     policy.save_pretrained(run_dir / "final")
     if tracker is not None:
