@@ -91,3 +91,29 @@ def test_resume_continues_the_step_counter_and_the_prompt_order(server_url, tmp_
     # the resumed run re-pushed its checkpoint's adapter and sampled step 3 with it
     assert rows[2]["sampled_with_adapter"] == server_before + 1
     assert GeneratorClient(server_url).active_version() == server_before + 3
+
+
+def test_eval_of_the_base_model_and_a_pushed_adapter_writes_outputs_that_recompute(server_url, tmp_path):
+    from PIL import Image
+
+    from tests.conftest import save_random_adapter
+    from trainer.evaluate import RATE_METRICS, main as eval_main
+
+    adapter = save_random_adapter(tmp_path / "adapter", seed=1)
+    output = tmp_path / "eval"
+    assert eval_main(["--server-url", server_url, "--compare", "--adapter", str(adapter), "--limit", "8",
+                      "--max-tokens", "64", "--output-dir", str(output)]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    rows = [json.loads(line) for line in (output / "completions.jsonl").read_text().splitlines()]
+    assert summary["questions"] == 8 and list(summary["models"]) == ["base", str(adapter)]
+    fields = {"strict_format_rate": "strict_format", "strict_accuracy": "strict_correct",
+              "lenient_accuracy": "lenient_correct", "truncation_rate": "truncated"}
+    for model, numbers in summary["models"].items():
+        model_rows = [row for row in rows if row["model"] == model]
+        assert len(model_rows) == 8 and [row["question_index"] for row in model_rows] == list(range(8))
+        for metric in RATE_METRICS:
+            assert numbers[metric]["value"] == sum(row[fields[metric]] for row in model_rows) / 8
+        assert numbers["completion_length_mean"] == sum(row["tokens"] for row in model_rows) / 8
+    assert summary["models"][str(adapter)]["adapter_version"] > 0 and summary["models"]["base"]["adapter_version"] is None
+    with Image.open(output / "accuracy.png") as image:
+        assert image.size == (800, 420)

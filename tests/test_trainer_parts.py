@@ -13,16 +13,15 @@ from safetensors.torch import load as load_safetensors
 from generator_server.adapters import check_adapter, linear_layer_shapes
 from shared.models import embedded_model_dir
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
+from trainer.settings import TrainSettings
 from trainer.train import Sequence, collate, micro_batches, parse_settings, question_indices
 
 
 @pytest.fixture(scope="module")
 def policy():
     torch.manual_seed(0)
-    return load_policy(
-        str(embedded_model_dir()), load_in_4bit=True, lora_r=16, lora_alpha=32, lora_dropout=0.0,
-        target_modules=("q_proj", "v_proj"), init_adapter=None, gradient_checkpointing=False, device=torch.device("cpu"),
-    )
+    settings = TrainSettings(lora_dropout=0.0)
+    return load_policy(str(embedded_model_dir()), settings, init_adapter=None, gradient_checkpointing=False, device=torch.device("cpu"))
 
 
 def test_policy_is_nf4_with_the_recipe_lora(policy):

@@ -26,18 +26,10 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def load_policy(
-    model_path: str,
-    *,
-    load_in_4bit: bool,
-    lora_r: int,
-    lora_alpha: int,
-    lora_dropout: float,
-    target_modules: tuple[str, ...],
-    init_adapter: str | None,
-    gradient_checkpointing: bool,
-    device: torch.device,
-) -> PeftModel:
+def load_policy(model_path: str, lora, *, init_adapter: str | None, gradient_checkpointing: bool, device: torch.device) -> PeftModel:
+    """The base model (nf4 double-quant when ``lora.load_in_4bit``) with a LoRA adapter: new, from
+    ``lora``'s ``lora_r``/``lora_alpha``/``lora_dropout``/``lora_target_modules`` (the trainer's and
+    the warm-up's settings both have them), or loaded from ``init_adapter``."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     compute_dtype = compute_dtype_for(device)
@@ -48,7 +40,7 @@ def load_policy(
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )
-        if load_in_4bit
+        if lora.load_in_4bit
         else None
     )
     base = AutoModelForCausalLM.from_pretrained(
@@ -61,10 +53,10 @@ def load_policy(
         logger.info("LoRA adapter initialised from %s", init_adapter)
     else:
         config = LoraConfig(
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=list(target_modules),
+            r=lora.lora_r,
+            lora_alpha=lora.lora_alpha,
+            lora_dropout=lora.lora_dropout,
+            target_modules=list(lora.lora_target_modules),
             bias="none",
             task_type="CAUSAL_LM",
         )
@@ -74,7 +66,7 @@ def load_policy(
     # different values and passes no gradient back, so LoRA layers below it would stop learning.
     policy.train()
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    logger.info("policy: %s, %s, %d trainable LoRA parameters", model_path, "nf4" if load_in_4bit else compute_dtype, trainable)
+    logger.info("policy: %s, %s, %d trainable LoRA parameters", model_path, "nf4" if lora.load_in_4bit else compute_dtype, trainable)
     return policy
 
 

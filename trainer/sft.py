@@ -72,17 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(settings.seed)
     model_path = resolve_model(settings.model)
-    policy = load_policy(
-        model_path,
-        load_in_4bit=settings.load_in_4bit,
-        lora_r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=settings.lora_target_modules,
-        init_adapter=None,
-        gradient_checkpointing=device.type == "cuda",
-        device=device,
-    )
+    policy = load_policy(model_path, settings, init_adapter=None, gradient_checkpointing=device.type == "cuda", device=device)
     examples = [sft_example(p) for p in load_gsm8k("train")[: settings.max_steps * settings.batch_size]]
     output_dir = Path(settings.output_dir)
     config = SFTConfig(

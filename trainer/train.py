@@ -347,17 +347,8 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "settings.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
 
-    policy = load_policy(
-        model_path,
-        load_in_4bit=settings.load_in_4bit,
-        lora_r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=settings.lora_target_modules,
-        init_adapter=settings.init_adapter,
-        gradient_checkpointing=settings.gradient_checkpointing == "on" or (settings.gradient_checkpointing == "auto" and device.type == "cuda"),
-        device=device,
-    )
+    gradient_checkpointing = settings.gradient_checkpointing == "on" or (settings.gradient_checkpointing == "auto" and device.type == "cuda")
+    policy = load_policy(model_path, settings, init_adapter=settings.init_adapter, gradient_checkpointing=gradient_checkpointing, device=device)
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(
