@@ -52,10 +52,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_url, tmp_path, monkeypatch):
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
-    run_dir = train(settings_for(server_url, tmp_path / "run"), rewards=EASY_REWARD)
+    run_dir = train(settings_for(server_url, tmp_path / "run", eval_every=4, eval_limit=4), rewards=EASY_REWARD)
 
     rows = read_metrics(run_dir)
     assert [row["step"] for row in rows] == list(range(1, 9))
+    assert [step for step, row in enumerate(rows, 1) if "eval/strict_accuracy" in row] == [4, 8]  # periodic eval
+    assert 0.0 <= rows[3]["eval/strict_format_rate"] <= 1.0 and "eval/reward/match_format_exactly" in rows[3]
     assert [row["sampled_with_adapter"] for row in rows] == [-1, 1, 2, 3, 4, 5, 6, 7]  # step k samples the adapter of step k − 1
     assert GeneratorClient(server_url).active_version() == 8
     assert all(row["push_bytes"] == 3_702_168 and row["push_load_ms"] > 0 for row in rows)

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                     "--lr-scheduler-type", "constant", "--max-completion-length", str(args.max_completion_length),
                     "--save-every", "0"])
         print(f"[4/5] base / warm-up / GRPO on the first {args.eval_limit} GSM8K test questions (greedy)", flush=True)
-        evaluate.main(["--server-url", url, "--compare", "--adapter", str(run_dir / "warmup"),
-                       "--adapter", str(run_dir / "grpo" / "final"), "--limit", str(args.eval_limit),
+        evaluate.main(["--server-url", url, "--compare", "--adapter", str(run_dir / "warmup"), str(run_dir / "grpo" / "final"),
+                       "--limit", str(args.eval_limit),
                        "--max-tokens", str(args.max_completion_length), "--output-dir", str(run_dir / "eval")])
     finally:
         server.terminate()

@@ -1,7 +1,7 @@
 """``grpo-math eval``: GSM8K test accuracy of the base model and of adapters, with intervals and a chart.
 
-Against a running generator server: ``--base`` evaluates the base model, ``--adapter DIR`` pushes a
-PEFT adapter under a fresh version and evaluates it, ``--adapter-version N`` evaluates a version the
+Against a running generator server: ``--base`` evaluates the base model, ``--adapter DIR [DIR ...]``
+pushes each PEFT adapter under a fresh version and evaluates it, ``--adapter-version N`` evaluates a version the
 server has loaded; ``--compare`` adds the base model to whatever adapters are given, so all are
 measured on the same questions in one run. Decoding is greedy unless ``--samples k --temperature t``
 (then every sample counts, and pass@k / maj@k are reported).
@@ -11,7 +11,7 @@ and the ``<SOLUTION>`` text equals the answer once spaces, ``$``, commas and a t
 stripped), lenient accuracy (the last number anywhere equals the answer), each reward's mean,
 completion length and truncation rate; rates with 95 % Wilson intervals.
 
-    grpo-math eval --compare --adapter runs/demo/warmup --adapter runs/demo/grpo/final --limit 64
+    grpo-math eval --compare --adapter runs/demo/warmup runs/demo/grpo/final --limit 64
 
 Writes ``summary.json``, ``completions.jsonl`` and ``accuracy.png`` to ``--output-dir``.
 """

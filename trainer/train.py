@@ -148,6 +148,38 @@ def sample(run: Run, problems: list[MathProblem]) -> GenerateResponse:
     return reply
 
 
+def backward_over_micro_batches(run: Run, policy, trained: list[Sequence], normaliser: Normaliser) -> tuple[float, dict]:
+    """Forward + backward of each micro-batch's share of the loss; returns the batch's loss and the
+    sums behind the entropy and sampler–trainer gap metrics."""
+    settings = run.settings
+    policy.train()
+    loss_total, sums = 0.0, {"tokens": 0, "entropy": 0.0, "abs_gap": 0.0, "kl_gap": 0.0, "weights": 0.0, "dropped": 0}
+    for chunk in micro_batches(trained, settings.micro_batch_size):
+        batch = collate(chunk, pad_token_id=0, device=run.device)
+        model_inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_positions"], batch["completion_mask"], settings.temperature)
+        logps, entropies = completion_logprobs(policy, *model_inputs)  # (B, T) each
+        mask = batch["completion_mask"].float()
+        weights = None
+        if settings.vllm_importance_sampling_correction:
+            weights = sampler_importance_weights(logps.detach(), batch["sampler_logps"], mask, settings.vllm_importance_sampling_clip_max)
+        ref_logps = None
+        if settings.beta != 0.0:
+            with torch.no_grad(), policy.disable_adapter():  # the reference: the base model
+                ref_logps, _ = completion_logprobs(policy, *model_inputs)
+        loss = policy_loss(logps, batch["advantages"], mask, normaliser, run.loss_config, weights, ref_logps)
+        loss.backward()
+        loss_total += loss.item()
+        gap = (logps.detach() - batch["sampler_logps"]) * mask  # log π_trainer − log π_sampler
+        sums["tokens"] += int(mask.sum())
+        sums["entropy"] += float((entropies * mask).sum())
+        sums["abs_gap"] += float(gap.abs().sum())
+        sums["kl_gap"] += float(((torch.exp(gap) - 1 - gap) * mask).sum())  # k3 estimate of KL(sampler‖trainer)
+        if weights is not None:
+            sums["weights"] += float(weights.sum())
+            sums["dropped"] += int((weights == 0).sum())
+    return loss_total, sums
+
+
 def train_step(step: int, run: Run, policy, optimizer, scheduler) -> dict[str, float]:
     settings, timings = run.settings, {}
     indices = question_indices(step, settings.prompts_per_step, len(run.problems), settings.seed)
@@ -185,38 +217,9 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler) -> dict[str, f
         max_completion_length=settings.max_completion_length,
     )
 
-    # 4. loss, accumulated over micro-batches
+    # 4. loss: gradients accumulate over micro-batches
     started = time.perf_counter()
-    policy.train()
-    loss_total, sums = 0.0, {"tokens": 0, "entropy": 0.0, "abs_gap": 0.0, "kl_gap": 0.0, "weights": 0.0, "dropped": 0}
-    for chunk in micro_batches(trained, settings.micro_batch_size):
-        batch = collate(chunk, pad_token_id=0, device=run.device)
-        logps, entropies = completion_logprobs(
-            policy, batch["input_ids"], batch["attention_mask"], batch["completion_positions"],
-            batch["completion_mask"], settings.temperature,
-        )  # (B, T) each
-        mask = batch["completion_mask"].float()
-        weights = None
-        if settings.vllm_importance_sampling_correction:
-            weights = sampler_importance_weights(logps.detach(), batch["sampler_logps"], mask, settings.vllm_importance_sampling_clip_max)
-        ref_logps = None
-        if settings.beta != 0.0:
-            with torch.no_grad(), policy.disable_adapter():
-                ref_logps, _ = completion_logprobs(
-                    policy, batch["input_ids"], batch["attention_mask"], batch["completion_positions"],
-                    batch["completion_mask"], settings.temperature,
-                )
-        loss = policy_loss(logps, batch["advantages"], mask, normaliser, run.loss_config, weights, ref_logps)
-        loss.backward()
-        loss_total += loss.item()
-        gap = (logps.detach() - batch["sampler_logps"]) * mask  # log π_trainer − log π_sampler
-        sums["tokens"] += int(mask.sum())
-        sums["entropy"] += float((entropies * mask).sum())
-        sums["abs_gap"] += float(gap.abs().sum())
-        sums["kl_gap"] += float(((torch.exp(gap) - 1 - gap) * mask).sum())  # k3 estimate of KL(sampler‖trainer)
-        if weights is not None:
-            sums["weights"] += float(weights.sum())
-            sums["dropped"] += int((weights == 0).sum())
+    loss_total, sums = backward_over_micro_batches(run, policy, trained, normaliser)
     timings["train"] = time.perf_counter() - started
 
     # 5. optimizer step
