@@ -22,6 +22,7 @@ from shared.protocol import (
     AdapterListResponse,
     AdapterLoadResponse,
     AdapterUpload,
+    ErrorResponse,
     GenerateLimits,
     GenerateRequest,
     GenerateResponse,
@@ -51,7 +52,8 @@ def require_api_key(request: Request) -> None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 422, 503)}
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 
 
 @v1.post("/generate", response_model=GenerateResponse)

@@ -4,11 +4,13 @@ store get one row per step, an easy reward rises, and a resumed run continues ex
 
 import json
 import sqlite3
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from peft import PeftModel
+from trackio.utils import TRACKIO_DIR
 
 from shared.models import embedded_model_dir
 from shared.rewards import WeightedReward
@@ -50,9 +52,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
-    run_dir = train(settings_for(server_url, tmp_path / "run", eval_every=4, eval_limit=4), rewards=EASY_REWARD)
+def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_url, tmp_path):
+    run_name = f"e2e-{uuid.uuid4().hex[:8]}"  # the trackio store is shared; the run name is not
+    run_dir = train(settings_for(server_url, tmp_path / run_name, eval_every=4, eval_limit=4), rewards=EASY_REWARD)
 
     rows = read_metrics(run_dir)
     assert [row["step"] for row in rows] == list(range(1, 9))
@@ -67,9 +69,8 @@ def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_
 
         assert PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded_model_dir()), adapter).peft_config["default"].r == 16
 
-    (database,) = (tmp_path / "trackio").glob("grpo-math*.db")
-    with sqlite3.connect(database) as connection:
-        steps = sorted(step for (step,) in connection.execute("SELECT step FROM metrics"))
+    with sqlite3.connect(TRACKIO_DIR / "grpo-math.db") as connection:
+        steps = sorted(step for (step,) in connection.execute("SELECT step FROM metrics WHERE run_name = ?", (run_name,)))
     assert steps == list(range(1, 9))
 
     first, last = [sum(row["reward"] for row in part) / 3 for part in (rows[:3], rows[-3:])]
@@ -81,14 +82,23 @@ def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_
 def test_resume_continues_the_step_counter_and_the_prompt_order(server_url, tmp_path):
     settings = settings_for(server_url, tmp_path / "run", max_steps=4, save_every=1, report_to="none", learning_rate=1e-4,
                             lr_scheduler_type="linear")
-    train(replace(settings, max_steps=2), rewards=EASY_REWARD)
+    scored_steps = []
+
+    def crashes_in_step_3(completions, **kwargs):
+        scored_steps.append(len(scored_steps) + 1)
+        if len(scored_steps) == 3:
+            raise RuntimeError("simulated crash")
+        return starts_with_a_numbered_list(completions)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(settings, rewards=(WeightedReward(crashes_in_step_3),))
     server_before = GeneratorClient(server_url).active_version()
     run_dir = train(replace(settings, resume=True), rewards=EASY_REWARD)
 
     rows = read_metrics(run_dir)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert [row["first_question_index"] for row in rows] == [question_indices(step, 2, 7473, seed=0)[0] for step in (1, 2, 3, 4)]
-    # the learning rate follows one linear schedule over 4 steps, not two restarted ones
+    # the learning rate follows the one linear schedule over 4 steps, across the crash
     assert [row["learning_rate"] for row in rows] == pytest.approx([1e-4, 0.75e-4, 0.5e-4, 0.25e-4])
     # the resumed run re-pushed its checkpoint's adapter and sampled step 3 with it
     assert rows[2]["sampled_with_adapter"] == server_before + 1

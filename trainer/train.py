@@ -365,6 +365,10 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
     completed_step = load_checkpoint(checkpoints[-1], policy, optimizer, scheduler) if checkpoints else 0
     if checkpoints:
         logger.info("resumed from %s (step %d)", checkpoints[-1], completed_step)
+        metrics_path = run_dir / "metrics.jsonl"  # rows of steps after the checkpoint are run again
+        if metrics_path.exists():
+            kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= completed_step]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
 
     # The adapter the first step samples with: a trained one (resumed, or --init-adapter) is pushed
     # first; a fresh LoRA (B = 0) equals the base model, which the server serves faster.
