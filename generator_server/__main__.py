@@ -14,10 +14,10 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 from generator_server.settings import ServerSettings
 from shared.flags import add_flags, settings_from_args
+from shared.models import is_missing_folder
 
 logger = logging.getLogger("generator_server")
 
@@ -40,7 +40,7 @@ def parse_settings(argv: list[str] | None) -> ServerSettings:
     ):
         if not ok:
             parser.error(f"{flag} has an invalid value ({getattr(settings, flag[2:].replace('-', '_'))})")
-    if settings.model.startswith(("/", ".", "~")) and not Path(settings.model).expanduser().is_dir():
+    if is_missing_folder(settings.model):
         parser.error(f"--model {settings.model}: no such model folder")
     return settings
 

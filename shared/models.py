@@ -126,6 +126,16 @@ def _dequantize_nf4(model_path: str, target: Path) -> None:
     AutoTokenizer.from_pretrained(model_path).save_pretrained(target)
 
 
+def is_missing_folder(path: str) -> bool:
+    """A local path (starting with ``/``, ``.`` or ``~``) that is no folder; a hub id such as
+    ``Qwen/Qwen2.5-3B-Instruct`` is not checked here.
+
+    >>> is_missing_folder("./no/such/folder"), is_missing_folder("Qwen/Qwen2.5-3B-Instruct"), is_missing_folder("/")
+    (True, False, False)
+    """
+    return path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir()
+
+
 def resolve_model(model: str) -> str:
     """``auto`` → the GPU default on CUDA, else the embedded folder; ``embedded`` → the embedded
     folder; anything else (a hub id or a folder) is returned unchanged. Logs the choice."""

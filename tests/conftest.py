@@ -3,7 +3,6 @@ and PEFT adapters built on the same model."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from shared.models import embedded_model_dir
+from trainer.demo import free_port
 
 API_KEY = "test-key-123"
 SERVER_FLAGS = ["--dtype", "float32", "--quantization", "none", "--enforce-eager", "--kv-cache-bytes", str(512 * 2**20), "--max-model-len", "2048"]
@@ -25,12 +25,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(extra_flags: list[str], log_path: Path, api_key: str | None = None, timeout: float = 240):

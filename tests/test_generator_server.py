@@ -274,7 +274,7 @@ def test_a_model_that_cannot_start_exits_non_zero_with_the_reason(tmp_path):
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "--model" in missing.stderr and "no such model folder" in missing.stderr
     (tmp_path / "config.json").write_text("{}")  # a folder, but no model in it
-    from tests.conftest import free_port
+    from trainer.demo import free_port
     broken = subprocess.run([sys.executable, "-m", "shared.cli", "serve", "--model", str(tmp_path), "--port", str(free_port())],
                             capture_output=True, text=True, timeout=300)
     assert broken.returncode == 1 and "the engine failed to start" in broken.stderr

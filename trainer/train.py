@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from shared.flags import add_flags, settings_from_args
 from shared.gsm8k import MathProblem, load_gsm8k
-from shared.models import resolve_model
+from shared.models import is_missing_folder, resolve_model
 from shared.protocol import GenerateRequest, GenerateResponse
 from shared.rewards import REWARD_FUNCTIONS, WeightedReward, match_format_exactly, score_completions
 from trainer.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
@@ -309,7 +309,7 @@ def parse_settings(argv: list[str] | None) -> TrainSettings:
         if not ok:
             parser.error(f"{flag} {message}")
     for flag, path in (("--init-adapter", settings.init_adapter), ("--model", settings.model)):
-        if path is not None and path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+        if path is not None and is_missing_folder(path):
             parser.error(f"{flag} {path}: no such folder")
     if settings.init_adapter is not None and not (Path(settings.init_adapter) / "adapter_config.json").is_file():
         parser.error(f"--init-adapter {settings.init_adapter}: no adapter_config.json there (not a PEFT adapter)")
