@@ -15,7 +15,6 @@ loss covers the assistant turn only. The output is a PEFT adapter for ``grpo-mat
 """
 
 import argparse
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
