@@ -107,7 +107,7 @@ def test_pushed_adapter_is_peft_format_and_passes_the_server_checks(policy, tmp_
     (["--learning-rate=-1e-5"], "--learning-rate must be > 0"),
     (["--num-generations", "1"], "--num-generations must be at least 2"),
     (["--model", "./no/such/model"], "--model ./no/such/model: no such folder"),
-    (["--init-adapter", "/tmp"], "no adapter_config.json"),
+    (["--init-adapter", "/"], "no adapter_config.json"),
     (["--resume"], "--resume needs --output-dir"),
     (["--reward-weights", "1", "2"], "--reward-weights needs 4 values"),
     (["--loss-type", "ppo"], "invalid choice"),
