@@ -72,6 +72,7 @@ class Run:
     run_dir: Path
     client: GeneratorClient
     problems: list[MathProblem]
+    eval_questions: list[tuple[int, MathProblem]]  # (test index, question) for --eval-every
     rewards: tuple[WeightedReward, ...]
     loss_config: LossConfig
     device: torch.device
@@ -276,8 +277,7 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler) -> dict[str, f
 def periodic_eval(run: Run) -> dict[str, float]:
     """Greedy on the first ``--eval-limit`` test questions with the adapter just pushed."""
     started = time.perf_counter()
-    questions = list(enumerate(load_gsm8k("test")[: run.settings.eval_limit]))
-    summary, _ = evaluate(run.client, questions, run.sampling_version, max_tokens=run.settings.max_completion_length, progress=False)
+    summary, _ = evaluate(run.client, run.eval_questions, run.sampling_version, max_tokens=run.settings.max_completion_length, progress=False)
     metrics = {f"eval/{name}": summary[name]["value"] for name in RATE_METRICS}
     metrics.update({f"eval/{key}": value for key, value in summary.items() if key.startswith("reward/")})
     metrics["time/eval_s"] = time.perf_counter() - started
@@ -383,6 +383,7 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
         run_dir=run_dir,
         client=client,
         problems=load_gsm8k("train", source=settings.dataset),
+        eval_questions=list(enumerate(load_gsm8k("test")[: settings.eval_limit])) if settings.eval_every else [],
         rewards=rewards,
         loss_config=LossConfig(settings.loss_type, settings.beta, settings.epsilon, settings.epsilon_high or settings.epsilon),
         device=device,
