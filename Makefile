@@ -12,7 +12,7 @@ PIP := $(VENV)/bin/pip
 SETUP_DONE := $(VENV)/.setup-done
 VLLM_VERSION := 0.32.0+cpu
 
-.PHONY: setup test test-slow demo clean-venv
+.PHONY: setup lint test test-slow demo clean-venv
 
 setup: $(SETUP_DONE)
 
@@ -33,7 +33,11 @@ $(SETUP_DONE): pyproject.toml constraints.txt
 	$(VENV)/bin/grpo-math embedded-model
 	touch $@
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(VENV)/bin/pytest -m "not slow and not gpu"
 
 test-slow: setup

@@ -10,39 +10,14 @@ code runs vLLM with Qwen2.5-3B-Instruct. Left out: streaming, the OpenAI-compati
     grpo-math serve --port 8001 --dtype float32 --enforce-eager
 """
 
-import argparse
 import logging
 import os
 import sys
 
 from generator_server.settings import ServerSettings
-from shared.flags import add_flags, settings_from_args
-from shared.models import is_missing_folder
+from shared.settings import parse_settings
 
 logger = logging.getLogger("generator_server")
-
-
-def parse_settings(argv: list[str] | None) -> ServerSettings:
-    parser = argparse.ArgumentParser(prog="grpo-math serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(parser, ServerSettings)
-    settings = settings_from_args(ServerSettings, parser.parse_args(argv))
-    for flag, ok in (
-        ("--port", 0 <= settings.port <= 65535),
-        ("--max-model-len", settings.max_model_len >= 16),
-        ("--max-lora-rank", settings.max_lora_rank >= 1),
-        ("--max-loras", settings.max_loras >= 1),
-        ("--adapter-keep", settings.adapter_keep >= 1),
-        ("--max-prompts", settings.max_prompts >= 1),
-        ("--max-n", 1 <= settings.max_n <= 64),
-        ("--max-tokens", settings.max_tokens >= 1),
-        ("--kv-cache-bytes", settings.kv_cache_bytes > 0),
-        ("--gpu-memory-utilization", 0 < settings.gpu_memory_utilization <= 1),
-    ):
-        if not ok:
-            parser.error(f"{flag} has an invalid value ({getattr(settings, flag[2:].replace('-', '_'))})")
-    if is_missing_folder(settings.model):
-        parser.error(f"--model {settings.model}: no such model folder")
-    return settings
 
 
 def bind_cpu_threads(cpu_threads: str) -> None:
@@ -54,7 +29,7 @@ def bind_cpu_threads(cpu_threads: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = parse_settings(argv)
+    settings: ServerSettings = parse_settings(ServerSettings, argv, prog="grpo-math serve", description=__doc__)
     import torch
     import uvicorn
 
@@ -72,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(settings, on_cpu, stop_serving)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
-    logger.info("starting on http://%s:%d (model %s, %s)", settings.host, settings.port, settings.model, "cpu" if on_cpu else "cuda")
+    device = "cpu" if on_cpu else "cuda"
+    logger.info("starting on http://%s:%d (model %s, %s)", settings.host, settings.port, settings.model, device)
     server.run()  # on SIGTERM/SIGINT: graceful shutdown, then uvicorn re-raises the signal
     return 1 if app.state.startup_error is not None else 0
 

@@ -72,7 +72,9 @@ def check_adapter(
     for key, tensor in tensors.items():
         match = PEFT_KEY.match(key)
         if match is None:
-            raise AdapterRejected(f"tensor {key!r} is not a PEFT LoRA weight (base_model.model.<module>.lora_A/B.weight)")
+            raise AdapterRejected(
+                f"tensor {key!r} is not a PEFT LoRA weight (base_model.model.<module>.lora_A/B.weight)"
+            )
         module, kind = match["module"], match["kind"]
         if module not in layer_shapes:
             raise AdapterRejected(f"tensor {key!r} names {module!r}, which is not a linear layer of the base model")

@@ -18,12 +18,10 @@ from generator_server.engine import BadPrompt, GeneratorEngine, UnknownAdapterVe
 from generator_server.settings import ServerSettings
 from shared.models import resolve_model
 from shared.protocol import (
-    AdapterLimits,
     AdapterListResponse,
     AdapterLoadResponse,
     AdapterUpload,
     ErrorResponse,
-    GenerateLimits,
     GenerateRequest,
     GenerateResponse,
     HealthResponse,
@@ -59,8 +57,7 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=
 @v1.post("/generate", response_model=GenerateResponse)
 async def generate(request: Request) -> GenerateResponse:
     settings: ServerSettings = request.app.state.settings
-    limits = GenerateLimits(max_prompts=settings.max_prompts, max_n=settings.max_n, max_tokens=settings.max_tokens)
-    body = GenerateRequest.model_validate_json(await request.body(), context=limits)
+    body = GenerateRequest.model_validate_json(await request.body(), context=settings.limits())
     return await engine_of(request).generate(body)
 
 
@@ -73,7 +70,7 @@ async def load_adapter(request: Request) -> AdapterLoadResponse:
             if name in fields:
                 raise HTTPException(422, f"form field {name!r} given twice")
             fields[name] = await value.read() if isinstance(value, UploadFile) else value
-    upload = AdapterUpload.from_multipart(fields, AdapterLimits(max_adapter_bytes=engine.settings.max_adapter_bytes))
+    upload = AdapterUpload.from_multipart(fields, engine.settings.limits())
     return await engine.load_adapter(upload)
 
 
@@ -106,21 +103,29 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
         engine = app.state.engine
         logger.info(
             "ready: model %s (%s), dtype %s, device %s, LoRA rank <= %d, %d adapter versions kept, http://%s:%d",
-            model_path, settings.resolved_quantization(on_cpu), engine.engine.model_config.dtype, "cpu" if on_cpu else "cuda",
-            settings.max_lora_rank, settings.adapter_keep, settings.host, settings.port,
+            model_path,
+            settings.resolved_quantization(on_cpu),
+            engine.engine.model_config.dtype,
+            "cpu" if on_cpu else "cuda",
+            settings.max_lora_rank,
+            settings.adapter_keep,
+            settings.host,
+            settings.port,
         )
 
     app = FastAPI(title="grpo-math generator server", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = None
     app.state.startup_error = None
-    app.state.api_key = settings.resolved_api_key()
+    app.state.api_key = settings.api_key()
     app.include_router(v1)
 
     @app.get("/health", response_model=HealthResponse)
     async def health(request: Request) -> HealthResponse:
         engine = engine_of(request)
-        return HealthResponse(status="ok", model=engine.model_path, adapter_version=engine.active_version)
+        return HealthResponse(
+            status="ok", model=engine.model_path, adapter_version=engine.active_version, limits=settings.limits()
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -134,8 +139,11 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
         return response
 
     for error_type, status in (
-        (ValidationError, 422), (AdapterRejected, 400), (BadPrompt, 400),
-        (UnknownAdapterVersion, 404), (VersionConflict, 409),
+        (ValidationError, 422),
+        (AdapterRejected, 400),
+        (BadPrompt, 400),
+        (UnknownAdapterVersion, 404),
+        (VersionConflict, 409),
     ):
         app.add_exception_handler(error_type, _error_handler(status))
     return app

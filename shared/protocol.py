@@ -14,12 +14,20 @@ Routes (``/v1/*`` need ``Authorization: Bearer <key>`` when the server has an AP
 - ``GET /metrics`` → Prometheus text
 
 Limits that depend on the server (how many prompts, how large ``n`` and ``max_tokens``, how large
-an adapter) are passed as validation context: ``GenerateRequest.model_validate_json(body,
-context=GenerateLimits(...))``. Without a context only the fixed limits below apply.
+an adapter) are one ``ServerLimits``, reported in ``/health`` and passed as validation context:
+``GenerateRequest.model_validate_json(body, context=limits)``. Without a context only the fixed
+limits below apply.
+
+Adapter versions follow one rule, kept by the server: every adapter it loads gets a version
+greater than every version it has loaded before (the next one, unless the push names a greater
+one), so a version never means two adapters. A push either becomes the active adapter
+(``"latest"``) or, with ``activate=false``, is only loaded, to be asked for by its version: an
+evaluation pushes that way, so a training run on the same server is never disturbed.
 """
 
-from dataclasses import dataclass
-from typing import Literal
+import contextlib
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -37,13 +45,17 @@ class ChatMessage(StrictModel):
     content: str
 
 
-@dataclass(frozen=True)
-class GenerateLimits:
-    """The server's limits, checked by ``GenerateRequest`` when given as validation context."""
+class ServerLimits(StrictModel):
+    """What a server accepts, reported in ``/health`` (a client checks its settings against it before
+    it starts work) and passed as validation context to ``GenerateRequest`` and ``AdapterUpload``."""
 
-    max_prompts: int
-    max_n: int
-    max_tokens: int
+    max_prompts: int = Field(description="most prompts in one /v1/generate request")
+    max_n: int = Field(description="most completions per prompt")
+    max_tokens: int = Field(description="largest max_tokens a request may ask for")
+    max_model_len: int = Field(description="prompt + completion tokens per sequence")
+    max_lora_rank: int = Field(description="largest LoRA rank an adapter may have")
+    max_adapter_bytes: int = Field(description="largest adapter_model.safetensors accepted")
+    adapter_keep: int = Field(description="adapter versions kept loaded for requests in flight")
 
 
 class GenerateRequest(StrictModel):
@@ -65,7 +77,7 @@ class GenerateRequest(StrictModel):
     @model_validator(mode="after")
     def _within_server_limits(self, info: ValidationInfo) -> "GenerateRequest":
         limits = info.context
-        if isinstance(limits, GenerateLimits):
+        if isinstance(limits, ServerLimits):
             if len(self.prompts) > limits.max_prompts:
                 raise ValueError(f"at most {limits.max_prompts} prompts per request, got {len(self.prompts)}")
             if self.n > limits.max_n:
@@ -101,57 +113,95 @@ class GenerateResponse(StrictModel):
     groups: list[CompletionGroup] = Field(description="one group per prompt, in order")
 
 
-@dataclass(frozen=True)
-class AdapterLimits:
-    max_adapter_bytes: int
-
-
 class AdapterUpload(StrictModel):
-    """``POST /v1/adapters`` as multipart form: two text fields and one file field.
+    """``POST /v1/adapters`` as multipart form: text fields ``version`` and ``activate``,
+    and the adapter as PEFT writes it: ``adapter_config`` (the text of ``adapter_config.json``) and
+    ``adapter_model`` (the bytes of ``adapter_model.safetensors``).
 
-    ``adapter_config`` is PEFT's ``adapter_config.json`` text, ``adapter_model`` the bytes of PEFT's
-    ``adapter_model.safetensors``.
+    >>> import tempfile
+    >>> upload = AdapterUpload(version="next", adapter_config="{}", adapter_model=b"12345678")
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     again = AdapterUpload.from_folder(upload.write_to(folder), activate=False)
+    >>> again == upload.model_copy(update={"activate": False})
+    True
     """
 
-    version: int = Field(ge=0, le=MAX_SEED, description="strictly greater than the active version")
+    CONFIG_FILE: ClassVar[str] = "adapter_config.json"
+    MODEL_FILE: ClassVar[str] = "adapter_model.safetensors"
+
+    version: Literal["next"] | Annotated[int, Field(ge=1, le=MAX_SEED)] = Field(
+        description='"next": the server gives the next version; a number must exceed every version the server '
+        "has loaded"
+    )
+    activate: bool = Field(
+        default=True, description="become the active ('latest') adapter; false: only load it (evaluation)"
+    )
     adapter_config: str = Field(min_length=2, max_length=1_000_000)
     adapter_model: bytes = Field(min_length=8)
 
     @model_validator(mode="after")
     def _within_size_limit(self, info: ValidationInfo) -> "AdapterUpload":
         limits = info.context
-        if isinstance(limits, AdapterLimits) and len(self.adapter_model) > limits.max_adapter_bytes:
-            raise ValueError(f"adapter_model is {len(self.adapter_model)} bytes, the limit is {limits.max_adapter_bytes}")
+        if isinstance(limits, ServerLimits) and len(self.adapter_model) > limits.max_adapter_bytes:
+            raise ValueError(
+                f"adapter_model is {len(self.adapter_model)} bytes, the limit is {limits.max_adapter_bytes}"
+            )
         return self
+
+    @classmethod
+    def is_adapter_folder(cls, folder: str | Path) -> bool:
+        return (Path(folder) / cls.CONFIG_FILE).is_file() and (Path(folder) / cls.MODEL_FILE).is_file()
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, version: int | Literal["next"] = "next", **fields) -> "AdapterUpload":
+        """The adapter PEFT saved in ``folder`` (``save_pretrained``), plus ``version``/``activate``."""
+        return cls(
+            version=version,
+            adapter_config=(Path(folder) / cls.CONFIG_FILE).read_text(),
+            adapter_model=(Path(folder) / cls.MODEL_FILE).read_bytes(),
+            **fields,
+        )
+
+    def write_to(self, folder: str | Path) -> Path:
+        """Write the two PEFT files into ``folder`` (created if needed), where PEFT and vLLM load them."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self.CONFIG_FILE).write_text(self.adapter_config)
+        (folder / self.MODEL_FILE).write_bytes(self.adapter_model)
+        return folder
 
     def to_multipart(self) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
         """``(data, files)`` for ``httpx.post(..., data=data, files=files)``."""
-        data = {"version": str(self.version), "adapter_config": self.adapter_config}
-        files = {"adapter_model": ("adapter_model.safetensors", self.adapter_model, "application/octet-stream")}
+        data = {
+            "version": str(self.version),
+            "activate": str(self.activate).lower(),
+            "adapter_config": self.adapter_config,
+        }
+        files = {"adapter_model": (self.MODEL_FILE, self.adapter_model, "application/octet-stream")}
         return data, files
 
     @classmethod
-    def from_multipart(cls, form: dict[str, str | bytes], limits: AdapterLimits | None = None) -> "AdapterUpload":
-        """Validate the parsed form (text fields as ``str``, files as ``bytes``). The version
-        arrives as text, so it is parsed here; ``adapter_config`` may come as text or as a file
-        (``curl -F adapter_config=@adapter_config.json``); any other type or extra field is refused."""
+    def from_multipart(cls, form: dict[str, str | bytes], limits: ServerLimits | None = None) -> "AdapterUpload":
+        """Validate the parsed form (text fields as ``str``, files as ``bytes``). ``version`` and
+        ``activate`` arrive as text, so they are parsed here; ``adapter_config`` may come as text or
+        as a file (``curl -F adapter_config=@adapter_config.json``); any other type or extra field
+        is refused."""
         fields = dict(form)
+        # Anything that does not convert is left as it came, and validation names the field.
         if isinstance(fields.get("adapter_config"), bytes):
-            try:
+            with contextlib.suppress(UnicodeDecodeError):
                 fields["adapter_config"] = fields["adapter_config"].decode("utf-8")
-            except UnicodeDecodeError:
-                pass  # left as bytes: validation reports "adapter_config: Input should be a valid string"
-        version = fields.get("version")
-        if isinstance(version, str):
-            try:
-                fields["version"] = int(version)
-            except ValueError:
-                pass  # left as text: validation reports "version: Input should be a valid integer"
+        if isinstance(fields.get("version"), str) and fields["version"].isdigit():
+            fields["version"] = int(fields["version"])
+        activate = fields.get("activate")
+        if isinstance(activate, str) and activate.lower() in ("true", "false"):
+            fields["activate"] = activate.lower() == "true"
         return cls.model_validate(fields, context=limits)
 
 
 class AdapterLoadResponse(StrictModel):
-    version: int
+    version: int = Field(description="the version the adapter was loaded as")
+    active_version: int | None = Field(description="the active version after this push")
     load_ms: float
 
 
@@ -163,7 +213,8 @@ class AdapterListResponse(StrictModel):
 class HealthResponse(StrictModel):
     status: Literal["ok"]
     model: str
-    adapter_version: int | None
+    adapter_version: int | None = Field(description="the active adapter version (null: the base model)")
+    limits: ServerLimits
 
 
 class ErrorResponse(StrictModel):

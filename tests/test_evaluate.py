@@ -3,7 +3,7 @@
 import pytest
 
 from shared.gsm8k import MathProblem
-from trainer.evaluate import summarise, verdicts, wilson_interval
+from trainer.evaluation import summarise, verdicts, wilson_interval
 
 PROBLEM = MathProblem(question="q", solution="#### 1,080", answer="1080", prompt=[])
 
@@ -12,23 +12,30 @@ def done(solution: str) -> str:
     return f"<start_working_out>work<end_working_out><SOLUTION>{solution}</SOLUTION>"
 
 
-@pytest.mark.parametrize("text, strict_format, strict_correct, lenient_correct", [
-    (done("1080"), True, True, True),
-    (done("1,080"), True, True, True),  # commas stripped
-    (done("$1080"), True, True, True),  # $ stripped
-    (done("1080."), True, True, True),  # trailing period stripped
-    (done(" 1 080 "), True, True, False),  # spaces stripped; the last number alone is "080"
-    (done("1080 apples"), True, False, True),  # not only the number: strict fails, last number matches
-    (done("1081"), True, False, False),
-    ("<SOLUTION>1080</SOLUTION>", False, False, True),  # wrong tags: no strict format
-    ("so the answer is 1,080.", False, False, True),
-    ("no number here", False, False, False),
-    (done("seven"), True, False, False),
-    ("", False, False, False),
-])
+@pytest.mark.parametrize(
+    "text, strict_format, strict_correct, lenient_correct",
+    [
+        (done("1080"), True, True, True),
+        (done("1,080"), True, True, True),  # commas stripped
+        (done("$1080"), True, True, True),  # $ stripped
+        (done("1080."), True, True, True),  # trailing period stripped
+        (done(" 1 080 "), True, True, False),  # spaces stripped; the last number alone is "080"
+        (done("1080 apples"), True, False, True),  # not only the number: strict fails, last number matches
+        (done("1081"), True, False, False),
+        ("<SOLUTION>1080</SOLUTION>", False, False, True),  # wrong tags: no strict format
+        ("so the answer is 1,080.", False, False, True),
+        ("no number here", False, False, False),
+        (done("seven"), True, False, False),
+        ("", False, False, False),
+    ],
+)
 def test_verdicts(text, strict_format, strict_correct, lenient_correct):
     verdict = verdicts(PROBLEM, text, token_count=10, finish_reason="stop")
-    assert (verdict["strict_format"], verdict["strict_correct"], verdict["lenient_correct"]) == (strict_format, strict_correct, lenient_correct)
+    assert (verdict["strict_format"], verdict["strict_correct"], verdict["lenient_correct"]) == (
+        strict_format,
+        strict_correct,
+        lenient_correct,
+    )
 
 
 def test_summary_counts_rates_with_wilson_intervals_and_pass_and_majority_at_k():
@@ -36,9 +43,19 @@ def test_summary_counts_rates_with_wilson_intervals_and_pass_and_majority_at_k()
     for question, answers in enumerate([["1080", "1080", "5"], ["5", "6", "1080"]]):
         for answer in answers:
             row = verdicts(PROBLEM, done(answer), token_count=4, finish_reason="length" if answer == "6" else "stop")
-            rows.append({**row, "question_index": question, "gold": "1080",
-                         "rewards": {"match_format_exactly": 3.0, "match_format_approximately": 2.0,
-                                     "check_answer_correctness": 3.0 if answer == "1080" else -0.5, "check_numbers_extraction": 0.0}})
+            rows.append(
+                {
+                    **row,
+                    "question_index": question,
+                    "gold": "1080",
+                    "rewards": {
+                        "match_format_exactly": 3.0,
+                        "match_format_approximately": 2.0,
+                        "check_answer_correctness": 3.0 if answer == "1080" else -0.5,
+                        "check_numbers_extraction": 0.0,
+                    },
+                }
+            )
     summary = summarise(rows, samples=3)
     assert summary["strict_accuracy"]["successes"] == 3 and summary["strict_accuracy"]["value"] == 0.5
     assert summary["strict_accuracy"]["ci95"] == pytest.approx(list(wilson_interval(3, 6)))

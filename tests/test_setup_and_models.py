@@ -13,13 +13,11 @@ import torch
 from shared.models import embedded_model_dir, resolve_model
 from shared.prompting import build_prompt
 
-GRPO_MATH = [sys.executable, "-m", "shared.cli"]
+GRPO_MATH = [sys.executable, "-m", "grpo_math"]
 
 
 def test_the_stack_imports_and_vllm_knows_its_version():
-    subprocess.run(
-        [sys.executable, "-c", "import vllm, trl, peft, bitsandbytes, trackio, shared.rewards"], check=True
-    )
+    subprocess.run([sys.executable, "-c", "import vllm, trl, peft, bitsandbytes, trackio, shared.rewards"], check=True)
     assert importlib.metadata.version("vllm").startswith("0.32.0")
     for broken in ("torchvision", "torchaudio", "triton", "torchcodec"):  # removed by make setup
         with pytest.raises(importlib.metadata.PackageNotFoundError):
@@ -50,7 +48,7 @@ def test_embedded_model_generates_with_its_chat_template():
     assert text.startswith("<|im_start|>system\nYou are a mathematical reasoning assistant.")
     assert text.endswith("<|im_start|>assistant\n")
     output = model.generate(prompt_ids, max_new_tokens=12, do_sample=False)
-    completion = tokenizer.decode(output[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+    completion = tokenizer.decode(output[0, prompt_ids.shape[1] :], skip_special_tokens=True)
     assert len(completion.strip()) > 0
 
 
@@ -74,8 +72,12 @@ def test_two_processes_convert_once_into_a_complete_folder(tmp_path):
     conversions = sum("converting the embedded model" in result.stderr for result in results)
     assert conversions == 1
     assert sorted(path.name for path in Path(folders.pop()).iterdir()) == [
-        "chat_template.jinja", "config.json", "generation_config.json",
-        "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
     leftovers = [path for path in tmp_path.iterdir() if path.is_dir() and path.name != "SmolLM2-135M-Instruct-bf16"]
     assert leftovers == []  # no staging folder left behind

@@ -6,7 +6,8 @@ import torch
 from shared.gsm8k import load_gsm8k
 from shared.models import embedded_model_dir
 from shared.rewards import match_format_exactly
-from trainer.sft import main as sft_main, sft_example
+from trainer.sft import main as sft_main
+from trainer.sft import sft_example
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +32,27 @@ def greedy_format_rate(adapter_dir, questions) -> float:
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         output = model.generate(**batch, max_new_tokens=200, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return sum(score > 0 for score in match_format_exactly(texts)) / len(texts)
 
 
 def test_a_few_dozen_warm_up_steps_teach_the_format(tmp_path):
     questions = load_gsm8k("test")[:16]
     assert greedy_format_rate(None, questions) == 0.0  # measured: 0 of 64 greedy, 0 of 256 sampled
-    sft_main(["--output-dir", str(tmp_path / "warmup"), "--max-steps", "40", "--batch-size", "4",
-              "--learning-rate", "1e-3", "--report-to", "none"])
+    sft_main(
+        [
+            "--output-dir",
+            str(tmp_path / "warmup"),
+            "--max-steps",
+            "40",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "1e-3",
+            "--report-to",
+            "none",
+        ]
+    )
     rate = greedy_format_rate(tmp_path / "warmup", questions)
     print(f"\nstrict-format rate after 40 warm-up steps: {rate:.2f}")
     assert rate >= 0.25  # measured 0.53 (17 of 32) with these settings

@@ -4,6 +4,7 @@ store get one row per step, an easy reward rises, and a resumed run continues ex
 
 import json
 import sqlite3
+import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from trackio.utils import TRACKIO_DIR
 from shared.models import embedded_model_dir
 from shared.rewards import WeightedReward
 from tests.conftest import start_server, stop_server
-from trainer.client import GeneratorClient
+from trainer.generators import GrpoMathServer
 from trainer.settings import TrainSettings
 from trainer.train import question_indices, train
 
@@ -34,16 +35,25 @@ EASY_REWARD = (WeightedReward(starts_with_a_numbered_list),)
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("train-server") / "server.log"
-    process, url = start_server(["--enforce-eager", "--kv-cache-bytes", str(512 * 2**20), "--max-model-len", "1024"], log_path)
-    yield url
-    stop_server(process, log_path)
+    local = start_server(["--enforce-eager", "--kv-cache-bytes", str(512 * 2**20), "--max-model-len", "1024"], log_path)
+    yield local.url
+    stop_server(local)
 
 
 def settings_for(server_url, output_dir, **overrides) -> TrainSettings:
     base = TrainSettings(
-        server_url=server_url, output_dir=str(output_dir), max_steps=8, prompts_per_step=2, num_generations=8,
-        max_completion_length=16, learning_rate=1e-3, lr_scheduler_type="constant", lora_dropout=0.0,
-        save_every=4, keep_checkpoints=2, seed=0,
+        server_url=server_url,
+        output_dir=str(output_dir),
+        max_steps=8,
+        prompts_per_step=2,
+        num_generations=8,
+        max_completion_length=16,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        lora_dropout=0.0,
+        save_every=4,
+        keep_checkpoints=2,
+        seed=0,
     )
     return replace(base, **overrides)
 
@@ -60,17 +70,33 @@ def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_
     assert [row["step"] for row in rows] == list(range(1, 9))
     assert [step for step, row in enumerate(rows, 1) if "eval/strict_accuracy" in row] == [4, 8]  # periodic eval
     assert 0.0 <= rows[3]["eval/strict_format_rate"] <= 1.0 and "eval/reward/match_format_exactly" in rows[3]
-    assert [row["sampled_with_adapter"] for row in rows] == [-1, 1, 2, 3, 4, 5, 6, 7]  # step k samples the adapter of step k − 1
-    assert GeneratorClient(server_url).active_version() == 8
+    assert [row["sampled_with_adapter"] for row in rows] == [
+        -1,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+    ]  # step k samples the adapter of step k − 1
+    assert GrpoMathServer(server_url).active_version() == 8
     assert all(row["push_bytes"] == 3_702_168 and row["push_load_ms"] > 0 for row in rows)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000004", "step-000008"]
     for adapter in (run_dir / "final", run_dir / "checkpoints" / "step-000004" / "adapter"):
         from transformers import AutoModelForCausalLM
 
-        assert PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded_model_dir()), adapter).peft_config["default"].r == 16
+        assert (
+            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded_model_dir()), adapter)
+            .peft_config["default"]
+            .r
+            == 16
+        )
 
     with sqlite3.connect(TRACKIO_DIR / "grpo-math.db") as connection:
-        steps = sorted(step for (step,) in connection.execute("SELECT step FROM metrics WHERE run_name = ?", (run_name,)))
+        steps = sorted(
+            step for (step,) in connection.execute("SELECT step FROM metrics WHERE run_name = ?", (run_name,))
+        )
     assert steps == list(range(1, 9))
 
     first, last = [sum(row["reward"] for row in part) / 3 for part in (rows[:3], rows[-3:])]
@@ -80,8 +106,15 @@ def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_
 
 
 def test_resume_continues_the_step_counter_and_the_prompt_order(server_url, tmp_path):
-    settings = settings_for(server_url, tmp_path / "run", max_steps=4, save_every=1, report_to="none", learning_rate=1e-4,
-                            lr_scheduler_type="linear")
+    settings = settings_for(
+        server_url,
+        tmp_path / "run",
+        max_steps=4,
+        save_every=1,
+        report_to="none",
+        learning_rate=1e-4,
+        lr_scheduler_type="linear",
+    )
     scored_steps = []
 
     def crashes_in_step_3(completions, **kwargs):
@@ -92,40 +125,122 @@ def test_resume_continues_the_step_counter_and_the_prompt_order(server_url, tmp_
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(settings, rewards=(WeightedReward(crashes_in_step_3),))
-    server_before = GeneratorClient(server_url).active_version()
+    server_before = GrpoMathServer(server_url).active_version()
     run_dir = train(replace(settings, resume=True), rewards=EASY_REWARD)
 
     rows = read_metrics(run_dir)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
-    assert [row["first_question_index"] for row in rows] == [question_indices(step, 2, 7473, seed=0)[0] for step in (1, 2, 3, 4)]
+    assert [row["first_question_index"] for row in rows] == [
+        question_indices(step, 2, 7473, seed=0)[0] for step in (1, 2, 3, 4)
+    ]
     # the learning rate follows the one linear schedule over 4 steps, across the crash
     assert [row["learning_rate"] for row in rows] == pytest.approx([1e-4, 0.75e-4, 0.5e-4, 0.25e-4])
     # the resumed run re-pushed its checkpoint's adapter and sampled step 3 with it
     assert rows[2]["sampled_with_adapter"] == server_before + 1
-    assert GeneratorClient(server_url).active_version() == server_before + 3
+    assert GrpoMathServer(server_url).active_version() == server_before + 3
 
 
 def test_eval_of_the_base_model_and_a_pushed_adapter_writes_outputs_that_recompute(server_url, tmp_path):
     from PIL import Image
 
     from tests.conftest import save_random_adapter
-    from trainer.evaluate import RATE_METRICS, main as eval_main
+    from trainer.evaluate import main as eval_main
+    from trainer.evaluation import RATE_METRICS
 
     adapter = save_random_adapter(tmp_path / "adapter", seed=1)
     output = tmp_path / "eval"
-    assert eval_main(["--server-url", server_url, "--compare", "--adapter", str(adapter), "--limit", "8",
-                      "--max-tokens", "64", "--output-dir", str(output)]) == 0
+    assert (
+        eval_main(
+            [
+                "--server-url",
+                server_url,
+                "--compare",
+                "--adapter",
+                str(adapter),
+                "--limit",
+                "8",
+                "--max-tokens",
+                "64",
+                "--output-dir",
+                str(output),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((output / "summary.json").read_text())
     rows = [json.loads(line) for line in (output / "completions.jsonl").read_text().splitlines()]
     assert summary["questions"] == 8 and list(summary["models"]) == ["base", str(adapter)]
-    fields = {"strict_format_rate": "strict_format", "strict_accuracy": "strict_correct",
-              "lenient_accuracy": "lenient_correct", "truncation_rate": "truncated"}
+    fields = {
+        "strict_format_rate": "strict_format",
+        "strict_accuracy": "strict_correct",
+        "lenient_accuracy": "lenient_correct",
+        "truncation_rate": "truncated",
+    }
     for model, numbers in summary["models"].items():
         model_rows = [row for row in rows if row["model"] == model]
         assert len(model_rows) == 8 and [row["question_index"] for row in model_rows] == list(range(8))
         for metric in RATE_METRICS:
             assert numbers[metric]["value"] == sum(row[fields[metric]] for row in model_rows) / 8
         assert numbers["completion_length_mean"] == sum(row["tokens"] for row in model_rows) / 8
-    assert summary["models"][str(adapter)]["adapter_version"] > 0 and summary["models"]["base"]["adapter_version"] is None
+    assert (
+        summary["models"][str(adapter)]["adapter_version"] > 0 and summary["models"]["base"]["adapter_version"] is None
+    )
     with Image.open(output / "accuracy.png") as image:
         assert image.size == (800, 420)
+
+
+def test_an_evaluation_pushed_mid_run_does_not_disturb_training(server_url, tmp_path):
+    """``grpo-math eval --adapter DIR`` against the server a run is training on: the evaluated
+    adapter is loaded beside the run's versions, never becomes latest, and the run finishes."""
+    from tests.conftest import save_random_adapter
+    from trainer.evaluate import main as eval_main
+
+    adapter = save_random_adapter(tmp_path / "adapter", seed=2)
+    step_3_reached, evaluated = threading.Event(), threading.Event()
+    calls = []
+
+    def waits_in_step_3_for_the_evaluation(completions, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            step_3_reached.set()
+            assert evaluated.wait(timeout=600)
+        return starts_with_a_numbered_list(completions)
+
+    settings = settings_for(server_url, tmp_path / "run", max_steps=5, save_every=0, report_to="none")
+    runs = []
+    trainer = threading.Thread(
+        target=lambda: runs.append(train(settings, rewards=(WeightedReward(waits_in_step_3_for_the_evaluation),)))
+    )
+    trainer.start()
+    try:
+        assert step_3_reached.wait(timeout=600)
+        active_before = GrpoMathServer(server_url).active_version()
+        output = tmp_path / "eval"
+        assert (
+            eval_main(
+                [
+                    "--server-url",
+                    server_url,
+                    "--adapter",
+                    str(adapter),
+                    "--limit",
+                    "2",
+                    "--max-tokens",
+                    "16",
+                    "--output-dir",
+                    str(output),
+                ]
+            )
+            == 0
+        )
+        assert GrpoMathServer(server_url).active_version() == active_before  # the evaluation did not become latest
+    finally:
+        evaluated.set()
+        trainer.join(timeout=900)
+    assert runs, "the training run did not finish"
+    rows = read_metrics(runs[0])
+    evaluated_version = json.loads((output / "summary.json").read_text())["models"][str(adapter)]["adapter_version"]
+    sampled = [row["sampled_with_adapter"] for row in rows]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
+    assert evaluated_version not in sampled and sampled[3] > evaluated_version > sampled[2]
+    assert GrpoMathServer(server_url).active_version() == sampled[4] + 1  # the run's last push is latest

@@ -12,16 +12,19 @@ from safetensors.torch import load as load_safetensors
 
 from generator_server.adapters import check_adapter, linear_layer_shapes
 from shared.models import embedded_model_dir
+from shared.settings import parse_settings
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
 from trainer.settings import TrainSettings
-from trainer.train import Sequence, collate, micro_batches, parse_settings, question_indices
+from trainer.train import Sequence, collate, micro_batches, question_indices
 
 
 @pytest.fixture(scope="module")
 def policy():
     torch.manual_seed(0)
     settings = TrainSettings(lora_dropout=0.0)
-    return load_policy(str(embedded_model_dir()), settings, init_adapter=None, gradient_checkpointing=False, device=torch.device("cpu"))
+    return load_policy(
+        str(embedded_model_dir()), settings, init_adapter=None, gradient_checkpointing=False, device=torch.device("cpu")
+    )
 
 
 def test_policy_is_nf4_with_the_recipe_lora(policy):
@@ -30,21 +33,38 @@ def test_policy_is_nf4_with_the_recipe_lora(policy):
     linear_4bit = [m for m in policy.modules() if isinstance(m, bitsandbytes.nn.Linear4bit)]
     assert linear_4bit and all(m.weight.quant_type == "nf4" and m.weight.quant_state.nested for m in linear_4bit)
     config = policy.peft_config["default"]
-    assert (config.r, config.lora_alpha, config.lora_dropout, sorted(config.target_modules)) == (16, 32, 0.0, ["q_proj", "v_proj"])
+    assert (config.r, config.lora_alpha, config.lora_dropout, sorted(config.target_modules)) == (
+        16,
+        32,
+        0.0,
+        ["q_proj", "v_proj"],
+    )
     assert sum(p.numel() for p in policy.parameters() if p.requires_grad) == 921_600
 
 
 def test_chunked_logprobs_equal_a_full_log_softmax_and_reach_lora(policy):
     torch.manual_seed(3)
-    sequences = [Sequence([5, 6, 7, 8], [9, 10, 11], [-1.0] * 3, 1.0), Sequence([5, 6], [12, 13, 14, 15, 2], [-1.0] * 5, -1.0)]
+    sequences = [
+        Sequence([5, 6, 7, 8], [9, 10, 11], [-1.0] * 3, 1.0),
+        Sequence([5, 6], [12, 13, 14, 15, 2], [-1.0] * 5, -1.0),
+    ]
     batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"))
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11], [5, 6, 12, 13, 14, 15, 2]]
     assert batch["completion_mask"].tolist() == [[True, True, True, False, False], [True] * 5]
-    logps, entropies = completion_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["completion_positions"],
-                                           batch["completion_mask"], temperature=0.7, chunk_tokens=3)
+    logps, entropies = completion_logprobs(
+        policy,
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        completion_positions=batch["completion_positions"],
+        completion_mask=batch["completion_mask"],
+        temperature=0.7,
+        chunk_tokens=3,
+    )
     with torch.no_grad():
         causal_lm = policy.get_base_model()
-        hidden = causal_lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = causal_lm.base_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         full = torch.log_softmax(hidden.float() @ causal_lm.lm_head.weight.float().T / 0.7, dim=-1)  # (B, L, vocab)
     expected = torch.zeros(2, 5)
     for row, sequence in enumerate(sequences):
@@ -82,7 +102,9 @@ def test_micro_batches_group_similar_lengths():
 def test_data_order_is_a_function_of_seed_and_step():
     size = 7473
     first = [i for step in range(1, 4) for i in question_indices(step, 2, size, seed=42)]
-    assert first == [i for step in range(1, 4) for i in question_indices(step, 2, size, seed=42)] and len(set(first)) == 6
+    assert (
+        first == [i for step in range(1, 4) for i in question_indices(step, 2, size, seed=42)] and len(set(first)) == 6
+    )
     assert first != [i for step in range(1, 4) for i in question_indices(step, 2, size, seed=43)]
     one_epoch = [i for step in range(1, size // 2 + 1) for i in question_indices(step, 2, size, seed=42)]
     assert len(set(one_epoch)) == len(one_epoch)  # an epoch visits every question once
@@ -93,33 +115,44 @@ def test_pushed_adapter_is_peft_format_and_passes_the_server_checks(policy, tmp_
     assert upload.version == 7 and json.loads(upload.adapter_config)["r"] == 16
     tensors = load_safetensors(upload.adapter_model)
     assert len(tensors) == 30 * 2 * 2 and all(key.startswith("base_model.model.model.layers.") for key in tensors)
-    assert check_adapter(upload.adapter_config, upload.adapter_model, linear_layer_shapes(str(embedded_model_dir())), max_rank=16) == 16
-    (tmp_path / "adapter_config.json").write_text(upload.adapter_config)
-    (tmp_path / "adapter_model.safetensors").write_bytes(upload.adapter_model)
+    assert (
+        check_adapter(
+            upload.adapter_config, upload.adapter_model, linear_layer_shapes(str(embedded_model_dir())), max_rank=16
+        )
+        == 16
+    )
+    upload.write_to(tmp_path)
     from transformers import AutoModelForCausalLM
 
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded_model_dir()), tmp_path)
     assert loaded.peft_config["default"].r == 16
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--learning-rate", "0"], "--learning-rate must be > 0"),
-    (["--learning-rate=-1e-5"], "--learning-rate must be > 0"),
-    (["--num-generations", "1"], "--num-generations must be at least 2"),
-    (["--model", "./no/such/model"], "--model ./no/such/model: no such folder"),
-    (["--init-adapter", "/"], "no adapter_config.json"),
-    (["--resume"], "--resume needs --output-dir"),
-    (["--reward-weights", "1", "2"], "--reward-weights needs 4 values"),
-    (["--loss-type", "ppo"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--learning-rate", "0"], "--learning-rate must be > 0"),
+        (["--learning-rate=-1e-5"], "--learning-rate must be > 0"),
+        (["--num-generations", "1"], "--num-generations must be at least 2"),
+        (["--model", "./no/such/model"], "--model ./no/such/model: no such folder"),
+        (["--init-adapter", "/"], "no adapter_config.json"),
+        (["--resume"], "--resume needs --output-dir"),
+        (["--reward-weights", "1", "2"], "--reward-weights needs 4 values"),
+        (["--loss-type", "ppo"], "invalid choice"),
+    ],
+)
 def test_bad_settings_fail_fast_naming_the_flag(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse_settings(flags)
+        parse_settings(TrainSettings, flags, prog="grpo-math train")
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_unreachable_server_fails_fast():
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "train", "--server-url", "http://127.0.0.1:9", "--server-timeout", "1"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_math", "train", "--server-url", "http://127.0.0.1:9", "--server-timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "--server-url" in result.stderr and "not reachable" in result.stderr

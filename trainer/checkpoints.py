@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
-from safetensors.torch import load_file
+from peft.utils import load_peft_weights
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -44,7 +44,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def load_checkpoint(path: Path, policy: PeftModel, optimizer, scheduler) -> int:
     """Restore the adapter weights, optimizer, scheduler and RNGs; return the step it was saved at."""
-    set_peft_model_state_dict(policy, load_file(path / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(policy, load_peft_weights(str(path / "adapter")))
     state = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -15,6 +15,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch.utils.checkpoint import checkpoint
 
+from shared.models import nf4_quantization_config
 from shared.protocol import AdapterUpload
 
 logger = logging.getLogger(__name__)
@@ -26,23 +27,16 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def load_policy(model_path: str, lora, *, init_adapter: str | None, gradient_checkpointing: bool, device: torch.device) -> PeftModel:
+def load_policy(
+    model_path: str, lora, *, init_adapter: str | None, gradient_checkpointing: bool, device: torch.device
+) -> PeftModel:
     """The base model (nf4 double-quant when ``lora.load_in_4bit``) with a LoRA adapter: new, from
     ``lora``'s ``lora_r``/``lora_alpha``/``lora_dropout``/``lora_target_modules`` (the trainer's and
     the warm-up's settings both have them), or loaded from ``init_adapter``."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     compute_dtype = compute_dtype_for(device)
-    quantization = (
-        BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype,
-        )
-        if lora.load_in_4bit
-        else None
-    )
+    quantization = nf4_quantization_config(compute_dtype) if lora.load_in_4bit else None
     base = AutoModelForCausalLM.from_pretrained(
         model_path, quantization_config=quantization, dtype=compute_dtype, device_map={"": device}
     )
@@ -66,7 +60,12 @@ def load_policy(model_path: str, lora, *, init_adapter: str | None, gradient_che
     # different values and passes no gradient back, so LoRA layers below it would stop learning.
     policy.train()
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    logger.info("policy: %s, %s, %d trainable LoRA parameters", model_path, "nf4" if lora.load_in_4bit else compute_dtype, trainable)
+    logger.info(
+        "policy: %s, %s, %d trainable LoRA parameters",
+        model_path,
+        "nf4" if lora.load_in_4bit else compute_dtype,
+        trainable,
+    )
     return policy
 
 
@@ -85,6 +84,7 @@ def _chunk_logprobs_and_entropy(
 
 def completion_logprobs(
     policy: PeftModel,
+    *,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     completion_positions: torch.Tensor,
@@ -110,7 +110,11 @@ def completion_logprobs(
     for start in range(0, targets.numel(), chunk_tokens):
         chunk = slice(start, start + chunk_tokens)
         logprobs, entropy = checkpoint(
-            _chunk_logprobs_and_entropy, predictor_states[chunk], targets[chunk], head_weight, temperature,
+            _chunk_logprobs_and_entropy,
+            predictor_states[chunk],
+            targets[chunk],
+            head_weight,
+            temperature,
             use_reentrant=False,
         )
         logprob_chunks.append(logprobs)
@@ -119,17 +123,15 @@ def completion_logprobs(
     logprobs = torch.zeros(completion_mask.shape, dtype=flat_logprobs.dtype, device=flat_logprobs.device)
     entropies = torch.zeros_like(logprobs)
     # row-major order of both masks lines the N scored tokens up with the (B, T) completion slots
-    return logprobs.masked_scatter(completion_mask, flat_logprobs), entropies.masked_scatter(completion_mask, torch.cat(entropy_chunks))
+    return logprobs.masked_scatter(completion_mask, flat_logprobs), entropies.masked_scatter(
+        completion_mask, torch.cat(entropy_chunks)
+    )
 
 
-def adapter_upload(policy: PeftModel, version: int) -> AdapterUpload:
-    """The adapter exactly as PEFT saves it (``adapter_config.json`` + ``adapter_model.safetensors``),
-    as an upload for the server; written through a RAM-backed folder where there is one."""
+def adapter_upload(policy: PeftModel, **fields) -> AdapterUpload:
+    """The adapter exactly as PEFT saves it, as an upload for the server (``fields``: ``version``,
+    ``activate``); written through a RAM-backed folder where there is one."""
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(prefix="grpo-math-push-", dir=shm if shm.is_dir() else None) as folder:
         policy.save_pretrained(folder)
-        return AdapterUpload(
-            version=version,
-            adapter_config=(Path(folder) / "adapter_config.json").read_text(),
-            adapter_model=(Path(folder) / "adapter_model.safetensors").read_bytes(),
-        )
+        return AdapterUpload.from_folder(folder, **fields)

@@ -10,8 +10,8 @@
     grpo-math report runs/NAME
 """
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -19,8 +19,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-REWARD_KEYS = ("reward", "rewards/match_format_exactly", "rewards/match_format_approximately",
-               "rewards/check_answer_correctness", "rewards/check_numbers_extraction")
+from shared.settings import Check, check_fields, parse_settings, setting  # noqa: E402
+
+REWARD_KEYS = (
+    "reward",
+    "rewards/match_format_exactly",
+    "rewards/match_format_approximately",
+    "rewards/check_answer_correctness",
+    "rewards/check_numbers_extraction",
+)
 TIME_KEYS = ("time/sample_s", "time/score_s", "time/train_s", "time/optimizer_s", "time/push_s")
 
 
@@ -30,7 +37,10 @@ def smooth(values: list[float], window: int = 5) -> list[float]:
     >>> smooth([1.0, 2.0, 3.0, 4.0], window=2)
     [1.0, 1.5, 2.5, 3.5]
     """
-    return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+    return [
+        sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+        for i in range(len(values))
+    ]
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -43,8 +53,14 @@ def plot_lines(axis, rows: list[dict], keys: tuple[str, ...], title: str, smooth
         steps, values = series(rows, key)
         if not steps:
             continue
-        line, = axis.plot(steps, values, marker="o", markersize=3, alpha=0.45 if smoothed else 1.0,
-                          label=key.removeprefix("rewards/").removeprefix("eval/"))
+        (line,) = axis.plot(
+            steps,
+            values,
+            marker="o",
+            markersize=3,
+            alpha=0.45 if smoothed else 1.0,
+            label=key.removeprefix("rewards/").removeprefix("eval/"),
+        )
         if smoothed:
             axis.plot(steps, smooth(values), color=line.get_color(), linewidth=2)
     axis.set_title(title)
@@ -63,11 +79,15 @@ def render(run_dir: Path) -> list[Path]:
     figures = {
         "rewards.png": [(REWARD_KEYS, "reward by step (thick: mean of the last 5)", True)],
         "format.png": [(("format_exact_rate",), "strict-format rate", True)],
-        "length.png": [(("completion_length_mean", "completion_length_max"), "completion tokens", False),
-                       (("truncated_fraction",), "truncated fraction", False)],
+        "length.png": [
+            (("completion_length_mean", "completion_length_max"), "completion tokens", False),
+            (("truncated_fraction",), "truncated fraction", False),
+        ],
         "timing.png": [(TIME_KEYS + ("time/step_s",), "seconds per step", False)],
-        "overview.png": [(REWARD_KEYS, "reward by step (thick: mean of the last 5)", True),
-                         (("format_exact_rate",), "strict-format rate", True)],
+        "overview.png": [
+            (REWARD_KEYS, "reward by step (thick: mean of the last 5)", True),
+            (("format_exact_rate",), "strict-format rate", True),
+        ],
     }
     if eval_keys:
         figures["eval.png"] = [(eval_keys, "evaluation on GSM8K test", False)]
@@ -84,13 +104,22 @@ def render(run_dir: Path) -> list[Path]:
     return written
 
 
+@dataclass(frozen=True)
+class ReportSettings:
+    run_dir: Path = setting(
+        None,
+        "a run folder holding metrics.jsonl",
+        positional=True,
+        check=Check(lambda path: (path / "metrics.jsonl").is_file(), "holds no metrics.jsonl"),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="grpo-math report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a run folder holding metrics.jsonl")
-    args = parser.parse_args(argv)
-    if not (args.run_dir / "metrics.jsonl").is_file():
-        parser.error(f"run_dir: no metrics.jsonl in {args.run_dir}")
-    for path in render(args.run_dir):
+    settings = parse_settings(ReportSettings, argv, prog="grpo-math report", description=__doc__)
+    for path in render(settings.run_dir):
         print(path)
     return 0
 

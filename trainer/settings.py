@@ -1,51 +1,111 @@
 """The trainer's settings: one frozen dataclass; ``grpo-math train`` has one flag per field.
 
 Defaults are the original recipe's (a GPU run of Qwen2.5-3B-Instruct); names follow TRL's
-``GRPOConfig`` where it has one. ``make demo`` overrides a few for the CPU (see the Makefile).
+``GRPOConfig`` where it has one. The CPU demo's overrides of them are in one place,
+``grpo_settings`` in ``grpo_math/demo.py``.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
+
+from shared.models import is_missing_folder
+from shared.protocol import AdapterUpload, ServerLimits
+from shared.rewards import REWARD_FUNCTIONS
+from shared.settings import Check, SettingsError, at_least, check_fields, positive, read_api_key, require, setting
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    server_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "generator server (its API key from GRPO_MATH_API_KEY)"})
-    model: str = field(default="auto", metadata={"help": "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded SmolLM2-135M-Instruct on CPU"})
-    init_adapter: str | None = field(default=None, metadata={"help": "PEFT adapter folder to start from (e.g. the output of grpo-math sft)"})
-    dataset: str = field(default="bundled", metadata={"help": "GSM8K train questions: bundled, hub (openai/gsm8k) or a JSONL file"})
-    max_steps: int = field(default=10, metadata={"help": "optimizer steps"})
-    prompts_per_step: int = field(default=2, metadata={"help": "questions per step (the recipe's batch 2)"})
-    num_generations: int = field(default=8, metadata={"help": "completions per question (G, the group size)"})
-    micro_batch_size: int = field(default=2, metadata={"help": "sequences per forward/backward; gradients accumulate over the step's prompts × G"})
-    max_completion_length: int = field(default=1024, metadata={"help": "most tokens per completion"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature; the trainer scores with the same one"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
-    learning_rate: float = field(default=5e-6, metadata={"help": "AdamW peak learning rate"})
-    lr_scheduler_type: Literal["linear", "constant"] = field(default="linear", metadata={"help": "linear decays to 0 at max-steps"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=0.1, metadata={"help": "gradient norm clip"})
-    loss_type: Literal["dapo", "grpo", "dr_grpo"] = field(default="dapo", metadata={"help": "loss aggregation, as TRL 1.16 (dapo: mean over all tokens)"})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient; the reference is the base model (adapter disabled)"})
-    epsilon: float = field(default=0.2, metadata={"help": "clip range (lower, and upper unless --epsilon-high)"})
-    epsilon_high: float | None = field(default=None, metadata={"help": "upper clip range; none = --epsilon"})
-    scale_rewards: Literal["group", "none"] = field(default="group", metadata={"help": "group: divide advantages by the group's std (+1e-4); none: only centre them"})
-    vllm_importance_sampling_correction: bool = field(default=True, metadata={"help": "weight sequences by π_trainer/π_sampler (TRL's sequence_mask)"})
-    vllm_importance_sampling_clip_max: float = field(default=3.0, metadata={"help": "sequences whose weight exceeds this are dropped"})
-    reward_weights: tuple[float, ...] = field(default=(1.0, 1.0, 1.0, 1.0), metadata={"help": "weights of match_format_exactly, match_format_approximately, check_answer_correctness, check_numbers_extraction"})
-    load_in_4bit: bool = field(default=True, metadata={"help": "nf4 double-quant base (bitsandbytes)"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    lora_target_modules: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata={"help": "modules that get LoRA"})
-    gradient_checkpointing: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "auto = on with CUDA, off on CPU"})
-    seed: int = field(default=42, metadata={"help": "data order, dropout and LoRA init"})
-    output_dir: str | None = field(default=None, metadata={"help": "run folder; none = runs/<model>-<time>"})
-    save_every: int = field(default=5, metadata={"help": "checkpoint every N steps (0 = only the final adapter)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (the newest)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --output-dir"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate the adapter on GSM8K test every N steps (0 = never)"})
-    eval_limit: int = field(default=32, metadata={"help": "test questions per periodic evaluation (greedy)"})
-    report_to: Literal["trackio", "none"] = field(default="trackio", metadata={"help": "trackio (offline store) besides metrics.jsonl"})
-    server_timeout: float = field(default=60.0, metadata={"help": "seconds to wait for the server to be ready at start"})
+    server_url: str = setting("http://127.0.0.1:8000", "generator server")
+    api_key_file: str | None = setting(None, "file holding the server's API key; else $GRPO_MATH_API_KEY")
+    model: str = setting(
+        "auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded SmolLM2-135M-Instruct on CPU"
+    )
+    init_adapter: str | None = setting(None, "PEFT adapter folder to start from (e.g. the output of grpo-math sft)")
+    dataset: str = setting("bundled", "GSM8K train questions: bundled, hub (openai/gsm8k) or a JSONL file")
+    max_steps: int = setting(10, "optimizer steps", check=at_least(1))
+    prompts_per_step: int = setting(2, "questions per step (the recipe's batch 2)", check=at_least(1))
+    num_generations: int = setting(
+        8,
+        "completions per question (G, the group size)",
+        check=Check(lambda v: v >= 2, "must be at least 2: advantages compare completions within a group"),
+    )
+    micro_batch_size: int = setting(
+        2, "sequences per forward/backward; gradients accumulate over the step's prompts × G", check=at_least(1)
+    )
+    max_completion_length: int = setting(1024, "most tokens per completion", check=at_least(1))
+    temperature: float = setting(
+        1.0,
+        "sampling temperature; the trainer scores with the same one",
+        check=Check(lambda v: v > 0, "must be > 0: the policy is scored at the sampling temperature"),
+    )
+    top_p: float = setting(1.0, "nucleus sampling", check=Check(lambda v: 0 < v <= 1, "must be in (0, 1]"))
+    learning_rate: float = setting(5e-6, "AdamW peak learning rate", check=positive())
+    lr_scheduler_type: Literal["linear", "constant"] = setting("linear", "linear decays to 0 at max-steps")
+    warmup_steps: int = setting(0, "linear warm-up steps", check=at_least(0))
+    weight_decay: float = setting(0.0, "AdamW weight decay", check=at_least(0))
+    max_grad_norm: float = setting(0.1, "gradient norm clip", check=positive())
+    loss_type: Literal["dapo", "grpo", "dr_grpo"] = setting(
+        "dapo", "loss aggregation, as TRL 1.16 (dapo: mean over all tokens)"
+    )
+    beta: float = setting(0.0, "KL coefficient; the reference is the base model (adapter disabled)", check=at_least(0))
+    epsilon: float = setting(0.2, "clip range (lower, and upper unless --epsilon-high)", check=positive())
+    epsilon_high: float | None = setting(None, "upper clip range; none = --epsilon", check=positive())
+    scale_rewards: Literal["group", "none"] = setting(
+        "group", "group: divide advantages by the group's std (+1e-4); none: only centre them"
+    )
+    vllm_importance_sampling_correction: bool = setting(
+        True, "weight sequences by π_trainer/π_sampler (TRL's sequence_mask)"
+    )
+    vllm_importance_sampling_clip_max: float = setting(
+        3.0, "sequences whose weight exceeds this are dropped", check=positive()
+    )
+    reward_weights: tuple[float, ...] = setting(
+        (1.0, 1.0, 1.0, 1.0),
+        "weights of " + ", ".join(reward.name for reward in REWARD_FUNCTIONS),
+        check=Check(lambda v: len(v) == len(REWARD_FUNCTIONS), f"needs {len(REWARD_FUNCTIONS)} values"),
+    )
+    load_in_4bit: bool = setting(True, "nf4 double-quant base (bitsandbytes)")
+    lora_r: int = setting(16, "LoRA rank", check=at_least(1))
+    lora_alpha: int = setting(32, "LoRA alpha", check=positive())
+    lora_dropout: float = setting(0.1, "LoRA dropout", check=Check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    lora_target_modules: tuple[str, ...] = setting(("q_proj", "v_proj"), "modules that get LoRA")
+    gradient_checkpointing: Literal["auto", "on", "off"] = setting("auto", "auto = on with CUDA, off on CPU")
+    seed: int = setting(42, "data order, dropout and LoRA init")
+    output_dir: str | None = setting(None, "run folder; none = runs/<model>-<time>")
+    save_every: int = setting(5, "checkpoint every N steps (0 = only the final adapter)", check=at_least(0))
+    keep_checkpoints: int = setting(2, "checkpoints kept (the newest)", check=at_least(1))
+    resume: bool = setting(False, "continue from the newest checkpoint in --output-dir")
+    eval_every: int = setting(0, "evaluate the adapter on GSM8K test every N steps (0 = never)", check=at_least(0))
+    eval_limit: int = setting(32, "test questions per periodic evaluation (greedy)", check=at_least(1))
+    report_to: Literal["trackio", "none"] = setting("trackio", "trackio (offline store) besides metrics.jsonl")
+    server_timeout: float = setting(60.0, "seconds to wait for the server to be ready at start", check=at_least(0))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(not self.resume or self.output_dir is not None, "resume", "needs --output-dir (the run to continue)")
+        for name in ("model", "init_adapter"):
+            path = getattr(self, name)
+            require(path is None or not is_missing_folder(path), name, f"{path}: no such folder")
+        if self.init_adapter is not None:
+            require(
+                AdapterUpload.is_adapter_folder(self.init_adapter),
+                "init_adapter",
+                f"{self.init_adapter}: no adapter_config.json and adapter_model.safetensors there (not a PEFT adapter)",
+            )
+
+    def api_key(self) -> str | None:
+        return read_api_key(self.api_key_file)
+
+
+def check_against_server(settings: TrainSettings, limits: ServerLimits) -> None:
+    """Raise ``SettingsError`` naming the flag to change where the server would refuse the run's
+    requests; called before any model is loaded."""
+    for name, value, limit, server_flag in (
+        ("num_generations", settings.num_generations, limits.max_n, "--max-n"),
+        ("prompts_per_step", settings.prompts_per_step, limits.max_prompts, "--max-prompts"),
+        ("max_completion_length", settings.max_completion_length, limits.max_tokens, "--max-tokens"),
+        ("lora_r", settings.lora_r, limits.max_lora_rank, "--max-lora-rank"),
+    ):
+        if value > limit:
+            raise SettingsError(name, f"{value} is more than the server allows ({limit}, its {server_flag})")

