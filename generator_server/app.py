@@ -104,7 +104,7 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
         logger.info(
             "ready: model %s (%s), dtype %s, device %s, LoRA rank <= %d, %d adapter versions kept, http://%s:%d",
             model_path,
-            settings.resolved_quantization(on_cpu),
+            "nf4-dequantized" if settings.serves_nf4_copy() else "as stored",
             engine.engine.model_config.dtype,
             "cpu" if on_cpu else "cuda",
             settings.max_lora_rank,

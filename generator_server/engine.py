@@ -149,7 +149,6 @@ class GeneratorEngine:
             if on_cpu
             else dict(gpu_memory_utilization=settings.gpu_memory_utilization)
         )
-        quantization = settings.resolved_quantization(on_cpu)
         return AsyncEngineArgs(
             model=weights_path,
             dtype=settings.dtype,
@@ -161,7 +160,6 @@ class GeneratorEngine:
             max_cpu_loras=settings.adapter_keep + 1,
             enforce_eager=settings.enforce_eager,
             logprobs_mode="processed_logprobs",
-            quantization="bitsandbytes" if quantization == "bitsandbytes" else None,
             disable_log_stats=False,
             **device_specific,
         )
@@ -171,7 +169,7 @@ class GeneratorEngine:
         """Blocking (≈ 15–30 s on CPU): build the vLLM engine, then the tokenizer and shapes.
         With ``nf4-dequantized`` the engine loads the nf4 round-trip copy of ``model_path``."""
         weights_path = model_path
-        if settings.resolved_quantization(on_cpu) == "nf4-dequantized":
+        if settings.serves_nf4_copy():
             weights_path = str(nf4_dequantized_dir(model_path))
         engine = AsyncLLM.from_engine_args(cls.engine_args(settings, weights_path, on_cpu))
         return cls(settings, model_path, engine, on_cpu)

@@ -49,11 +49,10 @@ class ServerSettings:
         "GPU: fraction of memory vLLM may use; ignored on CPU",
         check=Check(lambda v: 0 < v <= 1, "must be in (0, 1]"),
     )
-    quantization: Literal["auto", "none", "bitsandbytes", "nf4-dequantized"] = setting(
+    quantization: Literal["auto", "none", "nf4-dequantized"] = setting(
         "auto",
-        "serve the nf4 base the 4-bit trainer trains on: bitsandbytes (GPU), or nf4-dequantized (the nf4 "
-        "weights stored as bf16; CPU, where vLLM has no bitsandbytes); auto = bitsandbytes on CUDA, "
-        "nf4-dequantized on CPU; none = the model as it is",
+        "serve the nf4 base the 4-bit trainer trains on: nf4-dequantized = the nf4 weights stored as bf16 "
+        "(vLLM 0.32 has no bitsandbytes quantization); auto = nf4-dequantized; none = the model as it is",
     )
     cpu_threads: str = setting(
         "all",
@@ -70,10 +69,8 @@ class ServerSettings:
             f"{self.model}: no such folder (give a model folder or a hub id)",
         )
 
-    def resolved_quantization(self, on_cpu: bool) -> str:
-        if self.quantization == "auto":
-            return "nf4-dequantized" if on_cpu else "bitsandbytes"
-        return self.quantization
+    def serves_nf4_copy(self) -> bool:
+        return self.quantization in ("auto", "nf4-dequantized")
 
     def api_key(self) -> str | None:
         return read_api_key(self.api_key_file)

@@ -55,8 +55,8 @@ def embedded_model_dir() -> Path:
 
 def nf4_dequantized_dir(model_path: str) -> Path:
     """A copy of ``model_path`` whose linear weights went through nf4 (double quant) and back to
-    bf16: the very values the 4-bit trainer computes with. Served on CPU, where vLLM has no
-    bitsandbytes, it keeps the sampler and the trainer on the same model: measured on the embedded
+    bf16: the very values the 4-bit trainer computes with. Served by vLLM (0.32 has no bitsandbytes
+    quantization), it keeps the sampler and the trainer on the same model: measured on the embedded
     model, the per-token |Δ logprob| between a bf16 server and the nf4 trainer is 0.55 (sequence
     sums of −12 to −49, so every importance weight vanishes), against 0.035 for a bf16 trainer."""
     return _build_once(
