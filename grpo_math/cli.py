@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("trainer.report", "render a run's curves (rewards, format rate, lengths, timing) to PNGs"),
     "demo": ("grpo_math.demo", "the CPU demo: server, format warm-up, GRPO, report (what `make demo` runs)"),
     "embedded-model": ("grpo_math.cli", "print the embedded CPU model's folder, converting it on first use"),
+    "nf4-copy": ("grpo_math.cli", "print the folder of a model's nf4-dequantized copy (what a sampler should serve)"),
 }
 
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if command == "embedded-model":
         return embedded_model(argv[1:])
+    if command == "nf4-copy":
+        return nf4_copy(argv[1:])
     module_name, _ = COMMANDS[command]
     return importlib.import_module(module_name).main(argv[1:]) or 0
 
@@ -53,6 +56,21 @@ def embedded_model(argv: list[str]) -> int:
         "else $XDG_CACHE_HOME/grpo-math, else ~/.cache/grpo-math.",
     ).parse_args(argv)
     print(embedded_model_dir())
+    return 0
+
+
+def nf4_copy(argv: list[str]) -> int:
+    """``grpo-math nf4-copy [MODEL]``: print the folder of MODEL's nf4-dequantized copy."""
+    from shared.models import nf4_dequantized_dir, resolve_model
+
+    parser = argparse.ArgumentParser(
+        prog="grpo-math nf4-copy",
+        description="Print the folder of MODEL's nf4-dequantized copy (linear weights through the trainer's nf4 "
+        "and back to bf16), making it on first use: what vllm serve / trl vllm-serve should serve so the sampler "
+        "runs the model the 4-bit trainer trains.",
+    )
+    parser.add_argument("model", nargs="?", default="auto", help="hub id, folder, or auto (default: %(default)s)")
+    print(nf4_dequantized_dir(resolve_model(parser.parse_args(argv).model)))
     return 0
 
 

@@ -51,7 +51,7 @@ def grpo_settings(demo: DemoSettings, run_dir: Path, server_url: str):
     from trainer.settings import TrainSettings
 
     return TrainSettings(
-        server_url=server_url,
+        server_url=(server_url,),
         init_adapter=str(run_dir / "warmup"),
         output_dir=str(run_dir / "grpo"),
         max_steps=demo.grpo_steps,

@@ -1,6 +1,6 @@
 """A generator server as a child process on this machine: what the demo, the tests and the
-benchmark start and stop. It runs ``grpo-math serve`` on a free loopback port and waits until
-``/health`` answers 200."""
+benchmark start and stop. It runs ``grpo-math serve`` (or another server program, such as
+``vllm serve``) on a free loopback port and waits until ``/health`` answers 200."""
 
 import os
 import signal
@@ -20,20 +20,27 @@ def free_port() -> int:
 
 
 class LocalServer:
-    """``grpo-math serve FLAGS`` on a free port, its output in ``log_path``.
+    """``PROGRAM --port PORT FLAGS`` on a free port (``PROGRAM`` = ``grpo-math serve`` unless
+    given), its output in ``log_path``.
 
-    >>> LocalServer(["--dtype", "float32"], Path("server.log")).command[-2:]
-    ['--dtype', 'float32']
+    >>> LocalServer(["--dtype", "float32"], Path("server.log"), port=8123).command[-5:]
+    ['serve', '--port', '8123', '--dtype', 'float32']
     """
 
     def __init__(
-        self, flags: list[str], log_path: Path, environment: dict[str, str] | None = None, port: int | None = None
+        self,
+        flags: list[str],
+        log_path: Path,
+        environment: dict[str, str] | None = None,
+        port: int | None = None,
+        program: list[str] | None = None,
     ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.environment = {**os.environ, **(environment or {})}
-        self.command = [sys.executable, "-m", "grpo_math", "serve", "--port", str(self.port), *flags]
+        program = program or [sys.executable, "-m", "grpo_math", "serve"]
+        self.command = [*program, "--port", str(self.port), *flags]
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 600) -> "LocalServer":

@@ -12,7 +12,8 @@ take ``--config``); flags given as well override the file. A run's own ``setting
 with ``--config`` reproduces the run.
 
 Flag types: booleans become ``--name/--no-name``; ``X | None`` accepts ``none``; ``tuple[X, ...]``
-takes one or more values; ``Literal[...]`` gives choices.
+takes one or more values and may be given more than once (``--server-url A --server-url B``);
+``Literal[...]`` gives choices.
 
 >>> @dataclass(frozen=True)
 ... class Demo:
@@ -99,6 +100,8 @@ def check_fields(settings) -> None:
     for field in dataclasses.fields(settings):
         check: Check | None = field.metadata.get("check")
         value = getattr(settings, field.name)
+        if typing.get_origin(_field_type(type(settings), field)[0]) is tuple and not isinstance(value, tuple):
+            raise SettingsError(field.name, f"must be a tuple of values, got {value!r}")
         if check is not None and value is not None and not check.holds(value):
             raise SettingsError(field.name, check.message)
 
@@ -133,20 +136,33 @@ def _field_type(settings_type: type, field: dataclasses.Field) -> tuple[Any, boo
     return (next(a for a in arguments if a is not type(None)) if optional else annotation), optional
 
 
+class _Repeatable(argparse.Action):
+    """``tuple[X, ...]`` flags: every occurrence in one parse adds its values; the first occurrence
+    of a parse replaces what an earlier parse set (so flags replace a config file's list)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_repeated_in_this_parse", set())
+        earlier = list(getattr(namespace, self.dest)) if self.dest in seen else []
+        seen.add(self.dest)
+        setattr(namespace, self.dest, earlier + list(values))
+
+
 def add_flags(parser: argparse.ArgumentParser, settings_type: type) -> None:
     """One flag per field of ``settings_type``."""
     for field in dataclasses.fields(settings_type):
         base, optional = _field_type(settings_type, field)
         help_text = field.metadata.get("help", "") + " (default: %(default)s)"
         if field.metadata.get("positional"):
-            parser.add_argument(field.name, type=base, help=field.metadata.get("help", ""))
+            parser.add_argument(
+                field.name, type=base, nargs="?", default=field.default, help=field.metadata.get("help", "")
+            )
             continue
         flag = flag_of(field.name)
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         elif typing.get_origin(base) is tuple:  # tuple[X, ...]: one or more values
             item = typing.get_args(base)[0]
-            parser.add_argument(flag, type=item, nargs="+", default=field.default, help=help_text)
+            parser.add_argument(flag, type=item, nargs="+", action=_Repeatable, default=field.default, help=help_text)
         else:
             choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
             parse = type(choices[0]) if choices else base
@@ -220,14 +236,16 @@ def parse_settings(settings_type: type, argv: list[str] | None, *, prog: str, de
         help="YAML or JSON file of settings (names as in settings.json); flags given too override it",
     )
     add_flags(parser, settings_type)
+    argv = list(sys.argv[1:] if argv is None else argv)
     config_path = parser.parse_known_args(argv)[0].config
-    prefix = []
-    if config_path is not None:
+    arguments = argparse.Namespace()
+    if config_path is not None:  # the file's values first, as flags; then the flags given replace them
         try:
-            prefix = config_arguments(settings_type, read_config(config_path))
+            arguments = parser.parse_args(config_arguments(settings_type, read_config(config_path)))
         except (OSError, ValueError) as error:  # SettingsError is a ValueError
             parser.error(f"--config {config_path}: {error}")
-    arguments = parser.parse_args(prefix + list(sys.argv[1:] if argv is None else argv))
+        arguments._repeated_in_this_parse = set()
+    arguments = parser.parse_args(argv, namespace=arguments)
     values = {field.name: getattr(arguments, field.name) for field in dataclasses.fields(settings_type)}
     try:
         return settings_type(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})

@@ -42,7 +42,7 @@ def server_url(tmp_path_factory):
 
 def settings_for(server_url, output_dir, **overrides) -> TrainSettings:
     base = TrainSettings(
-        server_url=server_url,
+        server_url=(server_url,),
         output_dir=str(output_dir),
         max_steps=8,
         prompts_per_step=2,

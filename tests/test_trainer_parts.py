@@ -13,9 +13,10 @@ from safetensors.torch import load as load_safetensors
 from generator_server.adapters import check_adapter, linear_layer_shapes
 from shared.models import embedded_model_dir
 from shared.settings import parse_settings
+from trainer.batching import Sequence, collate, micro_batches
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
 from trainer.settings import TrainSettings
-from trainer.train import Sequence, collate, micro_batches, question_indices
+from trainer.train import question_indices
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,22 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from shared.gsm8k import MathProblem, load_gsm8k
 from shared.protocol import AdapterUpload
 from shared.settings import Check, SettingsError, at_least, check_fields, parse_settings, read_api_key, require, setting
 from trainer.evaluation import RATE_METRICS, bar_chart, evaluate
-from trainer.generators import GeneratorError, GrpoMathServer, wait_until_healthy
+from trainer.generators import GeneratorError, connect_generator, wait_until_healthy
 
 
 @dataclass(frozen=True)
 class EvalSettings:
     server_url: str = setting("http://127.0.0.1:8000", "generator server")
+    generator: Literal["grpo-math", "vllm"] = setting(
+        "grpo-math", "grpo-math = grpo-math serve; vllm = vLLM's own server (see grpo-math train --help)"
+    )
+    vllm_adapter_dir: str | None = setting(None, "--generator vllm: a folder the vLLM server can read")
     api_key_file: str | None = setting(None, "file holding the server's API key; else $GRPO_MATH_API_KEY")
     base: bool = setting(False, "evaluate the base model")
     adapter: tuple[str, ...] = setting((), "PEFT adapter folders to push (evaluation-only) and evaluate")
@@ -67,7 +72,8 @@ def load_questions(settings: EvalSettings) -> list[tuple[int, MathProblem]]:
 
 def run_eval(settings: EvalSettings) -> Path:
     """Evaluate every model the settings name on the same questions; return the output folder."""
-    generator = GrpoMathServer(settings.server_url, api_key=read_api_key(settings.api_key_file))
+    api_key = read_api_key(settings.api_key_file)
+    generator = connect_generator(settings.generator, (settings.server_url,), api_key, settings.vllm_adapter_dir)
     try:
         limits = wait_until_healthy(generator, timeout=30).limits
     except GeneratorError as error:

@@ -2,23 +2,34 @@
 evaluation and the demo talk to a generator, and the client for this project's server.
 
 ``Generator`` is what they need: generate groups, push an adapter (getting back the version to
-sample it with), the active version, and health with the server's limits. ``GrpoMathServer``
-implements it over HTTP for ``grpo-math serve``; requests are built from and replies validated with
-``shared.protocol``, so both ends share one definition.
+sample it with), the active version, and health with the server's limits. Two clients implement
+it: ``GrpoMathServer`` for ``grpo-math serve`` (adapters pushed as bytes over HTTP; requests built
+from and replies validated with ``shared.protocol``, so both ends share one definition) and
+``VllmServer`` for vLLM's own OpenAI server (adapters through a folder it can read).
+``ServerPool`` puts several servers of one kind behind the same interface.
 """
 
+import json
+import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 import httpx
 
 from shared.protocol import (
+    MAX_N,
+    MAX_PROMPTS,
     AdapterListResponse,
     AdapterLoadResponse,
     AdapterUpload,
+    CompletionGroup,
     GenerateRequest,
     GenerateResponse,
     HealthResponse,
+    SampledCompletion,
+    ServerLimits,
 )
 
 
@@ -88,3 +99,241 @@ class GrpoMathServer:
 
     def active_version(self) -> int | None:
         return AdapterListResponse.model_validate_json(self._request("GET", "/v1/adapters")).active_version
+
+
+class VllmServer:
+    """``Generator`` for vLLM's own OpenAI server (``vllm serve`` or ``trl vllm-serve``), started
+    with ``--enable-lora --max-lora-rank R`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
+
+    - sampling: ``/tokenize`` applies the server's chat template, then ``/v1/completions`` with the
+      prompt's token ids, ``n``, ``return_token_ids`` and the chosen tokens' logprobs. The logprobs
+      are the sampled distribution's (after temperature) only if the server runs with
+      ``--logprobs-mode processed_logprobs``, as ``trl vllm-serve`` does.
+    - adapters: each version is written in PEFT format to ``adapter_dir`` (a folder the server can
+      read: the same machine or a shared disk), appearing by atomic rename, and loaded with
+      ``/v1/load_lora_adapter`` under a new name per version (``grpo-math-v<k>``; a reused name
+      would serve stale prefix-cache entries); sampling selects it by name, and versions beyond
+      the newest ``adapter_keep`` are unloaded and deleted. TRL's ``AsyncGRPOTrainer`` syncs LoRA
+      the same way (``trl/experimental/async_grpo``).
+    - versions: kept here, by the same rule as ``grpo-math serve`` (``next`` = one above every
+      version this client has loaded on the server, found from its names at start); the reply's
+      ``model`` names the adapter that sampled, and is checked against the one asked for.
+    """
+
+    NAME_PREFIX = "grpo-math-v"
+
+    def __init__(
+        self,
+        base_url: str,
+        adapter_dir: str,
+        api_key: str | None = None,
+        adapter_keep: int = 3,
+        timeout: float = 1800.0,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self.adapter_dir = Path(adapter_dir)
+        self.adapter_keep = adapter_keep
+        self.loaded: dict[int, bool] = {}  # version -> activated
+        self.active: int | None = None
+        self.highest = 0
+        self._base_model: str | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **arguments) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **arguments)
+        except httpx.TransportError as error:
+            raise GeneratorError(f"{method} {self.base_url}{path}: {type(error).__name__}: {error}") from error
+        if response.status_code >= 400:
+            raise GeneratorError(f"{method} {self.base_url}{path} → {response.status_code}: {response.text[:2000]}")
+        return response
+
+    def _models(self) -> list[dict]:
+        return self._request("GET", "/v1/models").json()["data"]
+
+    def health(self) -> HealthResponse:
+        self._request("GET", "/health")
+        models = self._models()
+        base = next(model for model in models if model.get("parent") is None)
+        self._base_model = base["id"]
+        names = [model["id"] for model in models if model["id"].startswith(self.NAME_PREFIX)]
+        self.highest = max([self.highest, *(int(name.removeprefix(self.NAME_PREFIX)) for name in names)])
+        max_model_len = base.get("max_model_len") or 4096
+        limits = ServerLimits(
+            max_prompts=MAX_PROMPTS,
+            max_n=MAX_N,
+            max_tokens=max_model_len - 1,
+            max_model_len=max_model_len,
+            max_lora_rank=self._max_lora_rank(),
+            max_adapter_bytes=2**40,
+            adapter_keep=self.adapter_keep,
+        )
+        return HealthResponse(status="ok", model=self._base_model, adapter_version=self.active, limits=limits)
+
+    def _max_lora_rank(self) -> int:
+        """From ``/server_info`` where the server has it (dev mode, as ``trl vllm-serve`` runs), else
+        vLLM's default ``--max-lora-rank``."""
+        try:
+            info = self.http.get("/server_info", params={"config_format": "json"})
+            if info.status_code == 200:
+                lora_config = json.loads(info.json()["vllm_config"]).get("lora_config") or {}
+                return int(lora_config.get("max_lora_rank", 16))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            pass
+        return 16
+
+    def _name(self, version: int | None) -> str:
+        if version is None:
+            if self._base_model is None:
+                self.health()
+            return self._base_model
+        return f"{self.NAME_PREFIX}{version}"
+
+    def _prompt_token_ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            body = {"prompt": prompt}
+        else:
+            body = {"messages": [message.model_dump() for message in prompt], "add_generation_prompt": True}
+        return self._request("POST", "/tokenize", json={"model": self._name(None), **body}).json()["tokens"]
+
+    def generate(self, request: GenerateRequest) -> GenerateResponse:
+        version = self.active if request.adapter_version == "latest" else request.adapter_version
+        if version is not None and version not in self.loaded:
+            raise GeneratorError(f"adapter version {version} is not loaded; loaded: {sorted(self.loaded)}")
+        prompt_ids = [self._prompt_token_ids(prompt) for prompt in request.prompts]
+        body = {
+            "model": self._name(version),
+            "prompt": prompt_ids,
+            "n": request.n,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "logprobs": 0,  # the chosen token's logprob
+            "return_token_ids": True,
+            "skip_special_tokens": True,
+            **({} if request.seed is None else {"seed": request.seed}),
+        }
+        reply = self._request("POST", "/v1/completions", json=body).json()
+        if reply["model"] != body["model"]:
+            raise GeneratorError(f"asked vLLM for {body['model']}, it answered with {reply['model']}")
+        groups = [CompletionGroup(prompt_token_ids=ids, completions=[]) for ids in prompt_ids]
+        for choice in sorted(reply["choices"], key=lambda choice: choice["index"]):  # prompt-major: i·n + j
+            groups[choice["index"] // request.n].completions.append(
+                SampledCompletion(
+                    text=choice["text"],
+                    token_ids=choice["token_ids"],
+                    logprobs=choice["logprobs"]["token_logprobs"],
+                    finish_reason="length" if choice["finish_reason"] == "length" else "stop",
+                )
+            )
+        return GenerateResponse(adapter_version=version, groups=groups)
+
+    def push_adapter(self, upload: AdapterUpload) -> AdapterLoadResponse:
+        started = time.perf_counter()
+        if self._base_model is None:
+            self.health()  # learns the versions already on the server
+        version = self.highest + 1 if upload.version == "next" else upload.version
+        if version <= self.highest:
+            raise GeneratorError(f"version {version} is not greater than {self.highest}, the highest loaded")
+        folder = self.adapter_dir / self._name(version)
+        staging = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        upload.write_to(staging).rename(folder)  # the server never sees a half-written adapter
+        self._request(
+            "POST", "/v1/load_lora_adapter", json={"lora_name": self._name(version), "lora_path": str(folder)}
+        )
+        self.loaded[version] = upload.activate
+        self.highest = version
+        if upload.activate:
+            self.active = version
+        for retired in self._retired():
+            self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": self._name(retired)})
+            shutil.rmtree(self.adapter_dir / self._name(retired), ignore_errors=True)
+            del self.loaded[retired]
+        load_ms = (time.perf_counter() - started) * 1000
+        return AdapterLoadResponse(version=version, active_version=self.active, load_ms=load_ms)
+
+    def _retired(self) -> list[int]:
+        """The rule of ``grpo-math serve``: keep the active version and the newest ``adapter_keep``
+        activated and evaluation-only versions each."""
+        keep = {self.active}
+        for activated in (True, False):
+            keep.update(sorted(v for v, a in self.loaded.items() if a == activated)[-self.adapter_keep :])
+        return [version for version in self.loaded if version not in keep]
+
+    def active_version(self) -> int | None:
+        return self.active
+
+
+class ServerPool:
+    """``Generator`` over several servers of one kind: each request's prompts are split into
+    contiguous runs of whole groups, one run per server, sampled at once; every adapter reaches
+    every server, under the same version, before ``push_adapter`` returns (so before any of them
+    samples with it)."""
+
+    def __init__(self, members: list[Generator]) -> None:
+        self.members = members
+        self.threads = ThreadPoolExecutor(max_workers=len(members))
+
+    def close(self) -> None:
+        self.threads.shutdown()
+        for member in self.members:
+            member.close()
+
+    def health(self) -> HealthResponse:
+        healths = list(self.threads.map(lambda member: member.health(), self.members))
+        limits = {name: min(getattr(health.limits, name) for health in healths) for name in ServerLimits.model_fields}
+        limits["max_prompts"] = sum(health.limits.max_prompts for health in healths)  # split across members
+        versions = {health.adapter_version for health in healths}
+        return HealthResponse(
+            status="ok",
+            model=healths[0].model,
+            adapter_version=versions.pop() if len(versions) == 1 else None,
+            limits=ServerLimits(**limits),
+        )
+
+    def generate(self, request: GenerateRequest) -> GenerateResponse:
+        count, members = len(request.prompts), len(self.members)
+        bounds = [count * index // members for index in range(members + 1)]  # even contiguous runs
+        parts = [
+            (member, request.model_copy(update={"prompts": request.prompts[start:end]}))
+            for member, start, end in zip(self.members, bounds, bounds[1:])
+            if end > start
+        ]
+        replies = list(self.threads.map(lambda part: part[0].generate(part[1]), parts))
+        versions = {reply.adapter_version for reply in replies}
+        if len(versions) != 1:
+            raise GeneratorError(f"the servers sampled with different adapter versions: {sorted(map(str, versions))}")
+        return GenerateResponse(adapter_version=versions.pop(), groups=[g for reply in replies for g in reply.groups])
+
+    def push_adapter(self, upload: AdapterUpload) -> AdapterLoadResponse:
+        """Push to every member; where "next" gave them different versions (another client pushed
+        to one of them), push again under the highest, so all agree."""
+        started = time.perf_counter()
+        replies = list(self.threads.map(lambda member: member.push_adapter(upload), self.members))
+        version = max(reply.version for reply in replies)
+        behind = [member for member, reply in zip(self.members, replies) if reply.version != version]
+        again = upload.model_copy(update={"version": version})
+        list(self.threads.map(lambda member: member.push_adapter(again), behind))
+        return AdapterLoadResponse(
+            version=version,
+            active_version=version if upload.activate else replies[0].active_version,
+            load_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def active_version(self) -> int | None:
+        versions = set(self.threads.map(lambda member: member.active_version(), self.members))
+        return versions.pop() if len(versions) == 1 else None
+
+
+def connect_generator(kind: str, urls: tuple[str, ...], api_key: str | None, vllm_adapter_dir: str | None) -> Generator:
+    """The generator the settings name: one server, or a pool of several."""
+    if kind == "vllm":
+        members = [VllmServer(url, adapter_dir=vllm_adapter_dir, api_key=api_key) for url in urls]
+    else:
+        members = [GrpoMathServer(url, api_key=api_key) for url in urls]
+    return members[0] if len(members) == 1 else ServerPool(members)

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shared.settings import Check, check_fields, parse_settings, setting  # noqa: E402
+from shared.settings import Check, check_fields, parse_settings, require, setting  # noqa: E402
 
 REWARD_KEYS = (
     "reward",
@@ -114,6 +114,7 @@ class ReportSettings:
     )
 
     def __post_init__(self) -> None:
+        require(self.run_dir is not None, "run_dir", "is required: the run folder to render")
         check_fields(self)
 
 

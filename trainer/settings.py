@@ -16,7 +16,20 @@ from shared.settings import Check, SettingsError, at_least, check_fields, positi
 
 @dataclass(frozen=True)
 class TrainSettings:
-    server_url: str = setting("http://127.0.0.1:8000", "generator server")
+    server_url: tuple[str, ...] = setting(
+        ("http://127.0.0.1:8000",),
+        "generator server; give it more than once (or several URLs) and each step's groups are split "
+        "across the servers, every adapter pushed to all of them",
+    )
+    generator: Literal["grpo-math", "vllm"] = setting(
+        "grpo-math",
+        "grpo-math = grpo-math serve (adapters pushed over HTTP); vllm = vLLM's own server (vllm serve or "
+        "trl vllm-serve with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), adapters through "
+        "--vllm-adapter-dir",
+    )
+    vllm_adapter_dir: str | None = setting(
+        None, "--generator vllm: a folder the vLLM server can read, where each adapter version is written"
+    )
     api_key_file: str | None = setting(None, "file holding the server's API key; else $GRPO_MATH_API_KEY")
     model: str = setting(
         "auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded SmolLM2-135M-Instruct on CPU"
@@ -83,6 +96,12 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        require(bool(self.server_url), "server_url", "needs at least one URL")
+        require(
+            self.generator != "vllm" or self.vllm_adapter_dir is not None,
+            "vllm_adapter_dir",
+            "is needed with --generator vllm: the server loads adapters from a folder",
+        )
         require(not self.resume or self.output_dir is not None, "resume", "needs --output-dir (the run to continue)")
         for name in ("model", "init_adapter"):
             path = getattr(self, name)

