@@ -47,9 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     app = create_app(settings, on_cpu, stop_serving)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+    )
+    server = uvicorn.Server(config)
     device = "cpu" if on_cpu else "cuda"
-    logger.info("starting on http://%s:%d (model %s, %s)", settings.host, settings.port, settings.model, device)
+    scheme = "https" if settings.ssl_certfile else "http"
+    logger.info("starting on %s://%s:%d (model %s, %s)", scheme, settings.host, settings.port, settings.model, device)
     server.run()  # on SIGTERM/SIGINT: graceful shutdown, then uvicorn re-raises the signal
     return 1 if app.state.startup_error is not None else 0
 

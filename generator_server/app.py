@@ -50,18 +50,38 @@ def require_api_key(request: Request) -> None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 422, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)}
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 
 
 @v1.post("/generate", response_model=GenerateResponse)
-async def generate(request: Request) -> GenerateResponse:
+async def generate(request: Request, body: GenerateRequest) -> GenerateResponse:
     settings: ServerSettings = request.app.state.settings
-    body = GenerateRequest.model_validate_json(await request.body(), context=settings.limits())
-    return await engine_of(request).generate(body)
+    within_limits = GenerateRequest.model_validate(body.model_dump(), context=settings.limits())  # this server's limits
+    return await engine_of(request).generate(within_limits)
 
 
-@v1.post("/adapters", response_model=AdapterLoadResponse)
+ADAPTER_FORM = {  # the multipart body of POST /v1/adapters, for the OpenAPI schema (read by hand below)
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["version", "adapter_config", "adapter_model"],
+                "properties": {
+                    "version": {"type": "string", "description": '"next" or an integer above every loaded version'},
+                    "activate": {"type": "string", "enum": ["true", "false"], "default": "true"},
+                    "adapter_config": {"type": "string", "description": "adapter_config.json (text or file)"},
+                    "adapter_model": {"type": "string", "format": "binary", "description": "adapter_model.safetensors"},
+                    "adapter_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+            }
+        }
+    },
+}
+
+
+@v1.post("/adapters", response_model=AdapterLoadResponse, openapi_extra={"requestBody": ADAPTER_FORM})
 async def load_adapter(request: Request) -> AdapterLoadResponse:
     engine = engine_of(request)
     fields: dict[str, str | bytes] = {}
@@ -102,14 +122,15 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
             return
         engine = app.state.engine
         logger.info(
-            "ready: model %s (%s), dtype %s, device %s, LoRA rank <= %d, %d adapter versions kept, http://%s:%d",
+            "ready: model %s (%s), dtype %s, device %s, %s mode, LoRA rank <= %d, %d adapter versions kept, %s:%d",
             model_path,
             "nf4-dequantized" if settings.serves_nf4_copy() else "as stored",
             engine.engine.model_config.dtype,
             "cpu" if on_cpu else "cuda",
+            settings.adapter_mode,
             settings.max_lora_rank,
             settings.adapter_keep,
-            settings.host,
+            f"{'https' if settings.ssl_certfile else 'http'}://{settings.host}",
             settings.port,
         )
 
@@ -119,6 +140,7 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
     app.state.startup_error = None
     app.state.api_key = settings.api_key()
     app.include_router(v1)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
 
     @app.get("/health", response_model=HealthResponse)
     async def health(request: Request) -> HealthResponse:
@@ -147,6 +169,39 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
     ):
         app.add_exception_handler(error_type, _error_handler(status))
     return app
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than this route's limit of {limit} bytes")
+
+
+class BodySizeLimit:
+    """Refuses a request body over its route's limit with 413: by its Content-Length before
+    anything is read, or, without one, as soon as the bytes received pass the limit."""
+
+    def __init__(self, app, max_body_bytes: Callable[[str], int]) -> None:
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_body_bytes(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 def _error_handler(status: int):

@@ -345,6 +345,10 @@ class GeneratorEngine:
                 check_adapter(
                     upload.adapter_config, upload.adapter_model, self.layer_shapes, self.settings.max_lora_rank
                 )
+                if not upload.digest_matches():
+                    raise AdapterRejected(
+                        "adapter_model's sha256 differs from the adapter_sha256 sent with it (changed in transit?)"
+                    )
             except AdapterRejected:
                 ADAPTER_LOADS.labels("rejected").inc()
                 raise

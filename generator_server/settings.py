@@ -1,7 +1,9 @@
 """The generator server's settings: one frozen dataclass; ``grpo-math serve`` has one flag per field."""
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from shared.models import is_missing_folder
@@ -66,6 +68,14 @@ class ServerSettings:
         "CPU: cores vLLM binds to ('all' = every core this process may use, else a list like 0-3); vLLM's own "
         "default keeps one core free",
     )
+    insecure_no_api_key: bool = setting(
+        False, "allow binding --host to an address other machines reach without an API key (anyone could push weights)"
+    )
+    ssl_certfile: str | None = setting(None, "serve HTTPS with this certificate (PEM); needs --ssl-keyfile")
+    ssl_keyfile: str | None = setting(None, "the certificate's private key (PEM)")
+    max_request_bytes: int = setting(
+        16 * 2**20, "largest /v1/generate body (bigger ones get 413 before they are read)", check=positive()
+    )
     log_level: str = setting("info", "uvicorn and server log level")
 
     def __post_init__(self) -> None:
@@ -75,6 +85,18 @@ class ServerSettings:
             "model",
             f"{self.model}: no such folder (give a model folder or a hub id)",
         )
+        require(
+            is_loopback(self.host) or self.insecure_no_api_key or self.api_key() is not None,
+            "host",
+            f"{self.host} is reachable from other machines and no API key is set: give --api-key-file or "
+            "$GRPO_MATH_API_KEY, or pass --insecure-no-api-key to serve it open",
+        )
+        require(
+            (self.ssl_certfile is None) == (self.ssl_keyfile is None), "ssl_keyfile", "and --ssl-certfile go together"
+        )
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            require(path is None or Path(path).is_file(), name, f"{path}: no such file")
 
     def resolved(self, on_cpu: bool) -> "ServerSettings":
         """The settings with ``auto`` choices made for this device."""
@@ -88,6 +110,10 @@ class ServerSettings:
     def api_key(self) -> str | None:
         return read_api_key(self.api_key_file)
 
+    def max_body_bytes(self, path: str) -> int:
+        """The largest request body a route accepts: an adapter and its config on /v1/adapters."""
+        return self.max_adapter_bytes + 2**21 if path.startswith("/v1/adapters") else self.max_request_bytes
+
     def limits(self) -> ServerLimits:
         return ServerLimits(
             max_prompts=self.max_prompts,
@@ -98,3 +124,16 @@ class ServerSettings:
             max_adapter_bytes=self.max_adapter_bytes,
             adapter_keep=self.adapter_keep,
         )
+
+
+def is_loopback(host: str) -> bool:
+    """
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1"), is_loopback("0.0.0.0")
+    (True, True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -2,6 +2,7 @@
 benchmark start and stop. It runs ``grpo-math serve`` (or another server program, such as
 ``vllm serve``) on a free loopback port and waits until ``/health`` answers 200."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,9 +35,12 @@ class LocalServer:
         environment: dict[str, str] | None = None,
         port: int | None = None,
         program: list[str] | None = None,
+        ca_bundle: str | None = None,
     ):
+        """``ca_bundle``: the server serves HTTPS with a certificate this CA signed."""
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca_bundle = ca_bundle
+        self.url = f"{'https' if ca_bundle else 'http'}://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.environment = {**os.environ, **(environment or {})}
         program = program or [sys.executable, "-m", "grpo_math", "serve"]
@@ -47,13 +51,15 @@ class LocalServer:
         """Start the process and wait until it is healthy; raise with the log's tail if it exits or
         does not become healthy within ``timeout`` seconds."""
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.environment)
+            self.process = subprocess.Popen(  # a session of its own: kill() ends the engine's processes too
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.environment, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}; log:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=2, verify=self.ca_bundle or True).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -70,8 +76,13 @@ class LocalServer:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            return self.kill()
+
+    def kill(self) -> int:
+        """SIGKILL to the server and every process it started (a crash, as the fault tests make one)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return self.process.wait()
 
     def log_tail(self, characters: int = 3000) -> str:
         return self.log_path.read_text()[-characters:] if self.log_path.exists() else ""

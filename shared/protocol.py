@@ -26,6 +26,7 @@ evaluation pushes that way, so a training run on the same server is never distur
 """
 
 import contextlib
+import hashlib
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -122,8 +123,10 @@ class AdapterUpload(StrictModel):
     >>> upload = AdapterUpload(version="next", adapter_config="{}", adapter_model=b"12345678")
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     again = AdapterUpload.from_folder(upload.write_to(folder), activate=False)
-    >>> again == upload.model_copy(update={"activate": False})
+    >>> again == upload.model_copy(update={"activate": False, "adapter_sha256": again.adapter_sha256})
     True
+    >>> again.digest_matches(), again.model_copy(update={"adapter_model": b"87654321"}).digest_matches()
+    (True, False)
     """
 
     CONFIG_FILE: ClassVar[str] = "adapter_config.json"
@@ -135,6 +138,12 @@ class AdapterUpload(StrictModel):
     )
     activate: bool = Field(
         default=True, description="become the active ('latest') adapter; false: only load it (evaluation)"
+    )
+    adapter_sha256: str | None = Field(
+        default=None,
+        pattern="^[0-9a-f]{64}$",
+        description="sha256 of adapter_model's bytes; the server refuses the push where they differ "
+        "(every client of this project sends it)",
     )
     adapter_config: str = Field(min_length=2, max_length=1_000_000)
     adapter_model: bytes = Field(min_length=8)
@@ -154,13 +163,19 @@ class AdapterUpload(StrictModel):
 
     @classmethod
     def from_folder(cls, folder: str | Path, version: int | Literal["next"] = "next", **fields) -> "AdapterUpload":
-        """The adapter PEFT saved in ``folder`` (``save_pretrained``), plus ``version``/``activate``."""
+        """The adapter PEFT saved in ``folder`` (``save_pretrained``), with its digest, plus
+        ``version``/``activate``."""
+        adapter_model = (Path(folder) / cls.MODEL_FILE).read_bytes()
         return cls(
             version=version,
             adapter_config=(Path(folder) / cls.CONFIG_FILE).read_text(),
-            adapter_model=(Path(folder) / cls.MODEL_FILE).read_bytes(),
+            adapter_model=adapter_model,
+            adapter_sha256=hashlib.sha256(adapter_model).hexdigest(),
             **fields,
         )
+
+    def digest_matches(self) -> bool:
+        return self.adapter_sha256 is None or hashlib.sha256(self.adapter_model).hexdigest() == self.adapter_sha256
 
     def write_to(self, folder: str | Path) -> Path:
         """Write the two PEFT files into ``folder`` (created if needed), where PEFT and vLLM load them."""
@@ -177,6 +192,8 @@ class AdapterUpload(StrictModel):
             "activate": str(self.activate).lower(),
             "adapter_config": self.adapter_config,
         }
+        if self.adapter_sha256 is not None:
+            data["adapter_sha256"] = self.adapter_sha256
         files = {"adapter_model": (self.MODEL_FILE, self.adapter_model, "application/octet-stream")}
         return data, files
 

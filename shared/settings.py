@@ -110,7 +110,10 @@ def read_api_key(api_key_file: str | None) -> str | None:
     """The API key, from ``api_key_file`` if given, else from ``$GRPO_MATH_API_KEY``; never from a
     flag value, which ``ps`` would show."""
     if api_key_file is not None:
-        key = Path(api_key_file).read_text().strip()
+        try:
+            key = Path(api_key_file).read_text().strip()
+        except OSError as error:
+            raise SettingsError("api_key_file", f"{api_key_file}: {error.strerror}") from None
         if not key:
             raise SettingsError("api_key_file", f"{api_key_file} is empty")
         return key
@@ -162,7 +165,16 @@ def add_flags(parser: argparse.ArgumentParser, settings_type: type) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         elif typing.get_origin(base) is tuple:  # tuple[X, ...]: one or more values
             item = typing.get_args(base)[0]
-            parser.add_argument(flag, type=item, nargs="+", action=_Repeatable, default=field.default, help=help_text)
+            choices = typing.get_args(item) if typing.get_origin(item) is typing.Literal else None
+            parser.add_argument(
+                flag,
+                type=type(choices[0]) if choices else item,
+                choices=choices,
+                nargs="+",
+                action=_Repeatable,
+                default=field.default,
+                help=help_text,
+            )
         else:
             choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
             parse = type(choices[0]) if choices else base

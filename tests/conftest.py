@@ -8,6 +8,7 @@ import httpx
 import pytest
 import torch
 
+from benchmarks.random_adapter import save_random_adapter  # noqa: F401 (the tests take it from here)
 from grpo_math.local_server import LocalServer
 from shared.models import embedded_model_dir
 from shared.protocol import AdapterUpload
@@ -68,28 +69,6 @@ def fp32_model():
 
     folder = embedded_model_dir()
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
-
-
-def save_random_adapter(
-    folder: Path, seed: int, rank: int = 16, target_modules=("q_proj", "v_proj"), scale: float = 0.02
-):
-    """A PEFT LoRA adapter on the embedded model with non-zero B (so it changes the output),
-    saved with PEFT's own ``save_pretrained``; returns the folder."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)
-    config = LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), lora_dropout=0.0, task_type="CAUSAL_LM"
-    )
-    model = get_peft_model(base, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
-    model.save_pretrained(folder)
-    return folder
 
 
 def adapter_form(folder: Path, version: int) -> tuple[dict, dict]:

@@ -3,6 +3,7 @@ default): adapters advance with the steps, every push is PEFT-loadable, metrics 
 store get one row per step, an easy reward rises, and a resumed run continues exactly."""
 
 import json
+import math
 import sqlite3
 import threading
 import uuid
@@ -244,3 +245,29 @@ def test_an_evaluation_pushed_mid_run_does_not_disturb_training(server_url, tmp_
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
     assert evaluated_version not in sampled and sampled[3] > evaluated_version > sampled[2]
     assert GrpoMathServer(server_url).active_version() == sampled[4] + 1  # the run's last push is latest
+
+
+def test_a_step_with_nan_rewards_is_skipped_and_nothing_is_pushed(server_url, tmp_path):
+    calls = []
+
+    def nan_in_step_2(completions, **kwargs):
+        calls.append(1)
+        return [math.nan if len(calls) == 2 else 1.0 * t.startswith("1.") for t in completions]
+
+    settings = settings_for(server_url, tmp_path / "run", max_steps=4, save_every=0, report_to="none")
+    rows = read_metrics(train(settings, rewards=(WeightedReward(nan_in_step_2),)))
+    assert [row["step"] for row in rows] == [1, 2, 3, 4] and [row.get("skipped", 0) for row in rows] == [0, 1, 0, 0]
+    assert rows[1]["skip_reason"] == "NaN/Inf rewards"
+    assert rows[2]["sampled_with_adapter"] == rows[1]["sampled_with_adapter"]  # step 2 pushed nothing
+
+
+def test_steps_that_keep_failing_stop_the_run_before_a_bad_adapter_is_pushed(server_url, tmp_path):
+    def always_nan(completions, **kwargs):
+        return [math.nan] * len(completions)
+
+    before = GrpoMathServer(server_url).active_version()
+    settings = settings_for(server_url, tmp_path / "run", max_steps=6, save_every=0, report_to="none", max_bad_steps=3)
+    with pytest.raises(SystemExit, match="3 steps in a row skipped \\(NaN/Inf rewards\\)"):
+        train(settings, rewards=(WeightedReward(always_nan),))
+    assert len(read_metrics(tmp_path / "run")) == 3
+    assert GrpoMathServer(server_url).active_version() == before  # nothing was pushed

@@ -35,6 +35,9 @@ class EvalSettings:
     )
     vllm_adapter_dir: str | None = setting(None, "--generator vllm: a folder the vLLM server can read")
     api_key_file: str | None = setting(None, "file holding the server's API key; else $GRPO_MATH_API_KEY")
+    ca_bundle: str | None = setting(
+        None, "HTTPS: the CA certificate(s) that signed the server's (PEM); none = the system's"
+    )
     base: bool = setting(False, "evaluate the base model")
     adapter: tuple[str, ...] = setting((), "PEFT adapter folders to push (evaluation-only) and evaluate")
     adapter_version: tuple[int, ...] = setting((), "adapter versions already loaded on the server")
@@ -73,7 +76,13 @@ def load_questions(settings: EvalSettings) -> list[tuple[int, MathProblem]]:
 def run_eval(settings: EvalSettings) -> Path:
     """Evaluate every model the settings name on the same questions; return the output folder."""
     api_key = read_api_key(settings.api_key_file)
-    generator = connect_generator(settings.generator, (settings.server_url,), api_key, settings.vllm_adapter_dir)
+    generator = connect_generator(
+        settings.generator,
+        (settings.server_url,),
+        settings.vllm_adapter_dir,
+        api_key=api_key,
+        ca_bundle=settings.ca_bundle,
+    )
     try:
         limits = wait_until_healthy(generator, timeout=30).limits
     except GeneratorError as error:

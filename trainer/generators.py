@@ -10,6 +10,7 @@ from and replies validated with ``shared.protocol``, so both ends share one defi
 """
 
 import json
+import logging
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +33,65 @@ from shared.protocol import (
     ServerLimits,
 )
 
+logger = logging.getLogger(__name__)
+
 
 class GeneratorError(RuntimeError):
-    """The generator answered with an error, or could not be reached; the message says which."""
+    """The generator answered with an error (``status``), or could not be reached (``status`` None);
+    the message says which."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryingHttp:
+    """The HTTP side both clients share: httpx with the bearer key and, for HTTPS, the CA bundle
+    that signed the server's certificate; transport errors (refused, reset, timed out) and 5xx
+    answers are retried with exponential backoff (1, 2, 4 … 30 s, each retry logged) for up to
+    ``retry_seconds``, then raised; a 4xx is raised at once (the request itself is wrong)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        ca_bundle: str | None = None,
+        timeout: float = 1800.0,
+        retry_seconds: float = 300.0,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url
+        self.retry_seconds = retry_seconds
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, verify=ca_bundle or True)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, retry: bool = True, **arguments) -> httpx.Response:
+        started, delay, attempt = time.monotonic(), 1.0, 0
+        while True:
+            attempt += 1
+            try:
+                response = self.http.request(method, path, **arguments)
+                status, problem = response.status_code, f"{response.status_code}: {response.text[:2000]}"
+            except httpx.TransportError as error:
+                response, status, problem = None, None, f"{type(error).__name__}: {error}"
+            if response is not None and status < 400:
+                return response
+            if status is not None and status < 500:
+                raise GeneratorError(f"{method} {self.base_url}{path} → {problem}", status=status)
+            waited = time.monotonic() - started
+            if not retry or waited + delay > self.retry_seconds:
+                raise GeneratorError(
+                    f"{method} {self.base_url}{path}: {problem}"
+                    + (f" (gave up after {attempt} attempts over {waited:.0f} s)" if retry else ""),
+                    status=status,
+                )
+            logger.warning(
+                "%s %s%s failed (%s); retry %d in %.0f s", method, self.base_url, path, problem[:200], attempt, delay
+            )
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
 
 
 class Generator(Protocol):
@@ -68,25 +125,18 @@ def wait_until_healthy(generator: Generator, timeout: float) -> HealthResponse:
 class GrpoMathServer:
     """``Generator`` for ``grpo-math serve``: JSON requests, adapters pushed as PEFT bytes."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 1800.0) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    def __init__(self, base_url: str, **http) -> None:
+        self.http = RetryingHttp(base_url, **http)
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
 
-    def _request(self, method: str, path: str, **arguments) -> bytes:
-        try:
-            response = self.http.request(method, path, **arguments)
-        except httpx.TransportError as error:
-            raise GeneratorError(f"{method} {self.base_url}{path}: {type(error).__name__}: {error}") from error
-        if response.status_code >= 400:
-            raise GeneratorError(f"{method} {self.base_url}{path} → {response.status_code}: {response.text[:2000]}")
-        return response.content
+    def _request(self, method: str, path: str, retry: bool = True, **arguments) -> bytes:
+        return self.http.request(method, path, retry=retry, **arguments).content
 
     def health(self) -> HealthResponse:
-        return HealthResponse.model_validate_json(self._request("GET", "/health"))
+        return HealthResponse.model_validate_json(self._request("GET", "/health", retry=False))
 
     def generate(self, request: GenerateRequest) -> GenerateResponse:
         body = request.model_dump_json()
@@ -122,17 +172,9 @@ class VllmServer:
 
     NAME_PREFIX = "grpo-math-v"
 
-    def __init__(
-        self,
-        base_url: str,
-        adapter_dir: str,
-        api_key: str | None = None,
-        adapter_keep: int = 3,
-        timeout: float = 1800.0,
-    ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    def __init__(self, base_url: str, adapter_dir: str, adapter_keep: int = 3, **http) -> None:
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self.http = RetryingHttp(base_url, **http)
         self.adapter_dir = Path(adapter_dir)
         self.adapter_keep = adapter_keep
         self.loaded: dict[int, bool] = {}  # version -> activated
@@ -143,20 +185,14 @@ class VllmServer:
     def close(self) -> None:
         self.http.close()
 
-    def _request(self, method: str, path: str, **arguments) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **arguments)
-        except httpx.TransportError as error:
-            raise GeneratorError(f"{method} {self.base_url}{path}: {type(error).__name__}: {error}") from error
-        if response.status_code >= 400:
-            raise GeneratorError(f"{method} {self.base_url}{path} → {response.status_code}: {response.text[:2000]}")
-        return response
+    def _request(self, method: str, path: str, retry: bool = True, **arguments) -> httpx.Response:
+        return self.http.request(method, path, retry=retry, **arguments)
 
     def _models(self) -> list[dict]:
         return self._request("GET", "/v1/models").json()["data"]
 
     def health(self) -> HealthResponse:
-        self._request("GET", "/health")
+        self._request("GET", "/health", retry=False)
         models = self._models()
         base = next(model for model in models if model.get("parent") is None)
         self._base_model = base["id"]
@@ -178,7 +214,7 @@ class VllmServer:
         """From ``/server_info`` where the server has it (dev mode, as ``trl vllm-serve`` runs), else
         vLLM's default ``--max-lora-rank``."""
         try:
-            info = self.http.get("/server_info", params={"config_format": "json"})
+            info = self.http.http.get("/server_info", params={"config_format": "json"})
             if info.status_code == 200:
                 lora_config = json.loads(info.json()["vllm_config"]).get("lora_config") or {}
                 return int(lora_config.get("max_lora_rank", 16))
@@ -330,10 +366,11 @@ class ServerPool:
         return versions.pop() if len(versions) == 1 else None
 
 
-def connect_generator(kind: str, urls: tuple[str, ...], api_key: str | None, vllm_adapter_dir: str | None) -> Generator:
-    """The generator the settings name: one server, or a pool of several."""
+def connect_generator(kind: str, urls: tuple[str, ...], vllm_adapter_dir: str | None = None, **http) -> Generator:
+    """The generator the settings name: one server, or a pool of several. ``http``: the api_key,
+    ca_bundle and retry_seconds of ``RetryingHttp``."""
     if kind == "vllm":
-        members = [VllmServer(url, adapter_dir=vllm_adapter_dir, api_key=api_key) for url in urls]
+        members = [VllmServer(url, adapter_dir=vllm_adapter_dir, **http) for url in urls]
     else:
-        members = [GrpoMathServer(url, api_key=api_key) for url in urls]
+        members = [GrpoMathServer(url, **http) for url in urls]
     return members[0] if len(members) == 1 else ServerPool(members)

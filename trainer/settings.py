@@ -6,6 +6,7 @@ Defaults are the original recipe's (a GPU run of Qwen2.5-3B-Instruct); names fol
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from shared.models import is_missing_folder
@@ -31,6 +32,20 @@ class TrainSettings:
         None, "--generator vllm: a folder the vLLM server can read, where each adapter version is written"
     )
     api_key_file: str | None = setting(None, "file holding the server's API key; else $GRPO_MATH_API_KEY")
+    ca_bundle: str | None = setting(
+        None, "HTTPS: the CA certificate(s) that signed the server's (PEM); none = the system's"
+    )
+    server_retry_seconds: float = setting(
+        300.0,
+        "how long a request is retried (backoff 1, 2, 4 … 30 s) while the server is unreachable or answers 5xx "
+        "before the run stops; a restarted server gets the current adapter again",
+        check=at_least(0),
+    )
+    max_bad_steps: int = setting(
+        3,
+        "steps in a row with NaN/Inf rewards, loss or gradients (each skipped) before the run stops",
+        check=at_least(1),
+    )
     model: str = setting(
         "auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded SmolLM2-135M-Instruct on CPU"
     )
@@ -103,6 +118,9 @@ class TrainSettings:
             "is needed with --generator vllm: the server loads adapters from a folder",
         )
         require(not self.resume or self.output_dir is not None, "resume", "needs --output-dir (the run to continue)")
+        require(
+            self.ca_bundle is None or Path(self.ca_bundle).is_file(), "ca_bundle", f"{self.ca_bundle}: no such file"
+        )
         for name in ("model", "init_adapter"):
             path = getattr(self, name)
             require(path is None or not is_missing_folder(path), name, f"{path}: no such folder")

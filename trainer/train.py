@@ -203,12 +203,14 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler, sampling_versi
     group_size = settings.num_generations
 
     with timed(timings, "sample"):
-        reply = sample(run, problems, sampling_version)
+        reply, sampling_version = sample_or_restore(run, problems, sampling_version, policy)
     completions = [completion for group in reply.groups for completion in group.completions]  # P × G, grouped
 
     with timed(timings, "score"):
         scores = score(run, problems, [completion.text for completion in completions])
     rewards = torch.tensor(scores.total).view(len(problems), group_size)  # (P, G)
+    if not torch.isfinite(rewards).all():
+        return skipped_step(step, indices[0], sampling_version, scheduler, "NaN/Inf rewards", timings)
 
     advantages = group_advantages(rewards, scale=settings.scale_rewards == "group").flatten()  # (P·G,)
     sequences = [
@@ -235,6 +237,9 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler, sampling_versi
     with timed(timings, "optimizer"):
         trainable = [p for p in policy.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm).item()
+        if not (math.isfinite(stats.loss) and math.isfinite(grad_norm)):  # nothing of it reaches the adapter
+            optimizer.zero_grad(set_to_none=True)
+            return skipped_step(step, indices[0], sampling_version, scheduler, "NaN/Inf loss or gradients", timings)
         learning_rate = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -258,6 +263,36 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler, sampling_versi
         timings=timings,
     )
     return StepResult(adapter_version=pushed.version, metrics=metrics)
+
+
+def sample_or_restore(run: Run, problems: list[MathProblem], version: int | None, policy):
+    """Sample with ``version``. Where the server no longer has it (it restarted: a restarted
+    server has no adapter), push the policy's current adapter (the same weights, since the policy
+    has not changed since that version was pushed) and sample with the version it gets."""
+    try:
+        return sample(run, problems, version), version
+    except GeneratorError as error:
+        if error.status != 404 or version is None:
+            raise
+        restored = run.generator.push_adapter(adapter_upload(policy, version="next")).version
+        logger.warning("the server no longer has adapter %s (%s); pushed it again as %s", version, error, restored)
+        return sample(run, problems, restored), restored
+
+
+def skipped_step(step: int, first_question_index: int, version, scheduler, reason: str, timings) -> StepResult:
+    """A step whose rewards, loss or gradients were not finite: no optimizer step, nothing pushed
+    (the next step samples with the same version); the learning-rate schedule moves on."""
+    scheduler.step()
+    logger.warning("step %d skipped: %s; nothing pushed", step, reason)
+    row = {
+        "step": step,
+        "first_question_index": first_question_index,
+        "sampled_with_adapter": -1 if version is None else version,
+        "skipped": 1,
+        "skip_reason": reason,
+    }
+    row.update({f"time/{phase}_s": seconds for phase, seconds in timings.items()})
+    return StepResult(adapter_version=version, metrics={**row, "time/step_s": sum(timings.values())})
 
 
 def metrics_row(
@@ -330,6 +365,18 @@ def periodic_eval(run: Run, adapter_version: int) -> dict[str, float]:
 # ---- set-up and the loop ----------------------------------------------------------------------
 
 
+def step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line a killed run left half-written.
+
+    >>> step_of('{"step": 3, "reward": 1.0}'), step_of('{"step": 4, "rew')
+    (3, inf)
+    """
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 def make_run_dir(settings: TrainSettings, model_path: str) -> Path:
     if settings.output_dir is not None:
         return Path(settings.output_dir)
@@ -337,7 +384,11 @@ def make_run_dir(settings: TrainSettings, model_path: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(parse_settings(TrainSettings, argv, prog="grpo-math train", description=__doc__))
+    settings = parse_settings(TrainSettings, argv, prog="grpo-math train", description=__doc__)
+    try:
+        train(settings)
+    except GeneratorError as error:  # the retries are spent, or the server refused a request
+        raise SystemExit(f"grpo-math train: error: the generator: {error}") from None
     return 0
 
 
@@ -345,7 +396,12 @@ def connect(settings: TrainSettings) -> Generator:
     """The generator, healthy, with limits that admit these settings; exits with a message naming
     the flag otherwise. Called before any model is loaded."""
     generator = connect_generator(
-        settings.generator, settings.server_url, settings.api_key(), settings.vllm_adapter_dir
+        settings.generator,
+        settings.server_url,
+        settings.vllm_adapter_dir,
+        api_key=settings.api_key(),
+        ca_bundle=settings.ca_bundle,
+        retry_seconds=settings.server_retry_seconds,
     )
     try:
         health = wait_until_healthy(generator, settings.server_timeout)
@@ -404,9 +460,7 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
         logger.info("resumed from %s (step %d)", checkpoints[-1], completed_step)
         metrics_path = run_dir / "metrics.jsonl"  # rows of steps after the checkpoint are run again
         if metrics_path.exists():
-            kept = [
-                line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= completed_step
-            ]
+            kept = [line for line in metrics_path.read_text().splitlines() if step_of(line) <= completed_step]
             metrics_path.write_text("".join(line + "\n" for line in kept))
 
     # The adapter the first step samples with: a trained one (resumed, or --init-adapter) is pushed
@@ -439,19 +493,27 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
     steps = range(completed_step + 1, settings.max_steps + 1)
     progress = tqdm(steps, initial=completed_step, total=settings.max_steps, desc="GRPO")
     with open(run_dir / "metrics.jsonl", "a") as metrics_file:
+        bad_steps = 0  # skipped (NaN/Inf) in a row
         for step in progress:
             result = train_step(step, run, policy, optimizer, scheduler, sampling_version)
             sampling_version, metrics = result.adapter_version, result.metrics
+            bad_steps = bad_steps + 1 if metrics.get("skipped") else 0
             if settings.eval_every and step % settings.eval_every == 0:
                 metrics.update(periodic_eval(run, sampling_version))
+            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.flush()  # before the checkpoint: a row is never missing from a step a resume skips
             if settings.save_every and step % settings.save_every == 0:
                 save_checkpoint(run_dir, step, policy, optimizer, scheduler, settings.keep_checkpoints)
-            metrics_file.write(json.dumps(metrics) + "\n")
-            metrics_file.flush()
             if tracker is not None:
                 trackio.log({key: value for key, value in metrics.items() if key != "step"}, step=step)
+            if bad_steps >= settings.max_bad_steps:
+                raise SystemExit(
+                    f"grpo-math train: error: {bad_steps} steps in a row skipped ({metrics['skip_reason']}); stopping "
+                    f"before a bad adapter reaches the server. The last pushed adapter is version {sampling_version}; "
+                    f"checkpoints: {run_dir / 'checkpoints'} (--max-bad-steps)"
+                )
             progress.set_postfix(
-                reward=f"{metrics['reward']:.2f}",
+                reward=f"{metrics.get('reward', math.nan):.2f}",
                 format=f"{metrics.get('format_exact_rate', math.nan):.2f}",
                 step_s=f"{metrics['time/step_s']:.1f}",
             )

@@ -1,0 +1,223 @@
+"""Faults during training, with real processes: the server killed (SIGKILL) mid-run and restarted,
+or gone for good; the trainer killed with SIGKILL mid-step and in the middle of a checkpoint save;
+HTTPS with a certificate made here; a bounded soak. Nothing is lost: each step lands in
+metrics.jsonl exactly once, in the same data order."""
+
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.soak import run_soak
+from grpo_math.local_server import LocalServer, free_port
+from trainer.generators import GeneratorError, GrpoMathServer
+from trainer.train import question_indices
+
+pytestmark = pytest.mark.slow
+
+SERVER_FLAGS = ["--enforce-eager", "--kv-cache-bytes", str(256 * 2**20), "--max-model-len", "1024"]
+TRAIN_FLAGS = [
+    "--max-completion-length",
+    "16",
+    "--learning-rate",
+    "1e-3",
+    "--report-to",
+    "none",
+    "--seed",
+    "0",
+    "--lora-dropout",
+    "0",
+]
+
+
+def start_trainer(url: str, run_dir: Path, log: Path, *flags: str) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "grpo_math",
+        "train",
+        "--server-url",
+        url,
+        "--output-dir",
+        str(run_dir),
+        *TRAIN_FLAGS,
+        *flags,
+    ]
+    return subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT)  # noqa: SIM115 (closed with the process)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(condition, timeout: float, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(interval)
+
+
+def assert_each_step_once_in_order(rows: list[dict], steps: int) -> None:
+    assert [row["step"] for row in rows] == list(range(1, steps + 1))
+    assert [row["first_question_index"] for row in rows] == [
+        question_indices(s, 2, 7473, 0)[0] for s in range(1, steps + 1)
+    ]
+
+
+def test_the_server_killed_and_restarted_mid_run_loses_no_step(tmp_path):
+    port = free_port()
+    first = LocalServer(SERVER_FLAGS, tmp_path / "server-1.log", port=port).start()
+    trainer = start_trainer(
+        first.url,
+        tmp_path / "run",
+        tmp_path / "train.log",
+        "--max-steps",
+        "6",
+        "--save-every",
+        "0",
+        "--server-retry-seconds",
+        "180",
+    )
+    try:
+        wait_for(lambda: len(metrics(tmp_path / "run")) >= 2, timeout=300)
+        first.kill()  # SIGKILL to the server and its engine processes
+        time.sleep(10)
+        second = LocalServer(SERVER_FLAGS, tmp_path / "server-2.log", port=port).start()
+        assert trainer.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    finally:
+        trainer.kill()
+    rows = metrics(tmp_path / "run")
+    assert_each_step_once_in_order(rows, 6)
+    log = (tmp_path / "train.log").read_text()
+    assert "retry" in log and "pushed it again" in log  # backoff was logged; the restarted server got the adapter
+    assert GrpoMathServer(second.url).active_version() == rows[-1]["sampled_with_adapter"] + 1
+    second.stop()
+
+
+def test_a_server_that_stays_away_stops_the_run_with_a_clear_error(tmp_path):
+    server = LocalServer(SERVER_FLAGS, tmp_path / "server.log").start()
+    trainer = start_trainer(
+        server.url,
+        tmp_path / "run",
+        tmp_path / "train.log",
+        "--max-steps",
+        "6",
+        "--save-every",
+        "0",
+        "--server-retry-seconds",
+        "8",
+    )
+    wait_for(lambda: len(metrics(tmp_path / "run")) >= 1, timeout=300)
+    server.kill()
+    assert trainer.wait(timeout=300) == 1
+    log = (tmp_path / "train.log").read_text()
+    assert "grpo-math train: error: the generator" in log and "gave up after" in log
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    with LocalServer(SERVER_FLAGS, tmp_path_factory.mktemp("shared") / "server.log") as server:
+        yield server
+
+
+def test_the_trainer_killed_mid_step_resumes_with_each_step_once(shared_server, tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", "--max-steps", "6", "--save-every", "2")
+    wait_for(lambda: len(metrics(run_dir)) >= 3, timeout=300)
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    resumed = start_trainer(
+        shared_server.url, run_dir, tmp_path / "train.log", "--max-steps", "6", "--save-every", "2", "--resume"
+    )
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    assert_each_step_once_in_order(metrics(run_dir), 6)
+
+
+def test_the_trainer_killed_during_a_checkpoint_save_resumes_from_the_one_before(shared_server, tmp_path):
+    run_dir = tmp_path / "run"
+    partial = run_dir / "checkpoints" / "step-000004.partial"
+    trainer = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", "--max-steps", "6", "--save-every", "2")
+    wait_for(partial.exists, timeout=300, interval=0.002)
+    trainer.send_signal(signal.SIGKILL)  # while step 4's checkpoint is being written
+    trainer.wait()
+    assert partial.exists() and not (run_dir / "checkpoints" / "step-000004").exists()
+    resumed = start_trainer(
+        shared_server.url, run_dir, tmp_path / "train.log", "--max-steps", "6", "--save-every", "2", "--resume"
+    )
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    assert (
+        "resumed from" in (tmp_path / "train.log").read_text() and "step-000002" in (tmp_path / "train.log").read_text()
+    )
+    assert_each_step_once_in_order(metrics(run_dir), 6)
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, made here with ``cryptography``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "grpo-math test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_path, key_path = folder / "cert.pem", folder / "key.pem"
+    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    os.chmod(key_path, 0o600)
+    return certificate_path, key_path
+
+
+def test_https_with_the_trainers_ca_bundle(tmp_path):
+    certificate, key = self_signed_certificate(tmp_path)
+    flags = [*SERVER_FLAGS, "--ssl-certfile", str(certificate), "--ssl-keyfile", str(key)]
+    with LocalServer(flags, tmp_path / "server.log", ca_bundle=str(certificate)) as server:
+        assert server.url.startswith("https://")
+        verified = GrpoMathServer(server.url, ca_bundle=str(certificate))
+        assert verified.health().status == "ok"
+        with pytest.raises(GeneratorError, match="CERTIFICATE_VERIFY_FAILED"):
+            GrpoMathServer(server.url).health()  # the system's CAs do not know it
+        trainer = start_trainer(
+            server.url,
+            tmp_path / "run",
+            tmp_path / "train.log",
+            "--max-steps",
+            "1",
+            "--save-every",
+            "0",
+            "--ca-bundle",
+            str(certificate),
+        )
+        assert trainer.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()[-3000:]
+        assert verified.active_version() == 1
+
+
+def test_a_bounded_soak_of_requests_and_pushes(tmp_path):
+    result = run_soak(seconds=40, clients=3, push_every=1.0, adapter_mode="lora")
+    print("\nsoak:", json.dumps(result))
+    assert result["errors"] == 0, result["first_errors"]
+    assert result["requests"] > 20 and result["pushes"] > 10
+    assert len(result["loaded_versions"]) <= result["keep_window"]
+    assert result["adapter_files_at_end"] <= 2 * result["keep_window"]  # two files per loaded version
