@@ -11,7 +11,7 @@ TORCH_INDEX_URL ?=
 PIP := $(VENV)/bin/pip
 SETUP_DONE := $(VENV)/.setup-done
 
-.PHONY: setup lint test test-slow demo docker-cpu docker-cpu-test gpu-check-wheels clean-venv
+.PHONY: setup lint test test-slow demo bench soak docker-cpu docker-cpu-test gpu-check-wheels clean-venv
 
 setup: $(SETUP_DONE)
 
@@ -35,6 +35,14 @@ test-slow: setup
 # The CPU demo: server in the background, format warm-up, GRPO (~15 min in all on 2 cores), report.
 demo: setup
 	$(VENV)/bin/grpo-math demo
+
+# Throughput against the peers (see the README's Performance section); ~1 h on 2 cores.
+bench: setup
+	$(VENV)/bin/grpo-math bench --all
+
+# Five minutes of concurrent generate requests and adapter pushes against one server.
+soak: setup
+	$(VENV)/bin/python -m benchmarks.soak --seconds 300
 
 # The cpu image without an image registry or a package index inside builds (debootstrap base,
 # host-made wheelhouse); then `docker compose --profile cpu up` trains 2 steps and cleans up.

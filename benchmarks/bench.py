@@ -1,0 +1,259 @@
+"""``grpo-math bench``: throughput and memory against the peers, every figure a ratio of two
+things measured side by side in this run (interleaved repetitions; median, min and max).
+
+Scenarios (``--scenario NAME ...`` or ``--all``; ``--quick`` sizes them for CI):
+
+  server-overhead   /v1/generate tok/s ÷ vLLM's offline LLM.generate (goal ≥ 0.95)
+  step-time         GRPO step time of each peer ÷ ours, with the sample/score/train/push split,
+                    at each --lengths (goals: recipe ≥ 3, TRL colocate ≥ 2, TRL async ≥ 1.5)
+  adapter-sync      bytes pushed per step ÷ a full-weight sync (≤ 1/100); push + load ÷ step (≤ 2 %)
+  trainer-memory    peak memory of the 4-bit LoRA trainer ÷ a bf16 base (≤ 0.45)
+  decode-roofline   single-sequence decode tok/s ÷ the memory-bandwidth bound (≥ 0.5)
+  scaling           tok/s as n and the prompts per request grow
+  lora-overhead     tok/s through an adapter ÷ the base model, lora vs merge mode (merge ≥ 0.95)
+  pool              two servers behind one trainer ÷ one server, sampling tok/s
+
+Writes ``bench.json`` ({"machine", "figures", "raw"}), one PNG per scenario and prints a table.
+Runs from a checkout (the peers' runners and a test helper live beside it). The same command runs
+on a GPU (Qwen2.5-3B-Instruct there, by --model auto).
+
+    grpo-math bench --all --quick
+    grpo-math bench --scenario step-time --lengths 256 --steps 3 --repetitions 2
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from benchmarks import serving, training
+from benchmarks.measure import Figure, machine
+from shared.settings import Check, at_least, check_fields, parse_settings, require, setting
+
+SCENARIOS = {
+    "server-overhead": serving.server_overhead,
+    "step-time": training.step_time,
+    "adapter-sync": training.adapter_sync,
+    "trainer-memory": training.trainer_memory,
+    "decode-roofline": serving.decode_roofline,
+    "scaling": serving.scaling,
+    "lora-overhead": serving.lora_overhead,
+    "pool": serving.pool,
+}
+Scenario = Literal[
+    "server-overhead",
+    "step-time",
+    "adapter-sync",
+    "trainer-memory",
+    "decode-roofline",
+    "scaling",
+    "lora-overhead",
+    "pool",
+]
+Peer = Literal["recipe", "trl-colocate", "trl-async", "lora", "merge"]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    all: bool = setting(False, "run every scenario")
+    scenario: tuple[Scenario, ...] = setting((), "scenarios to run (see above)")
+    quick: bool = setting(False, "CI sizes: short completions, one repetition, one measured step")
+    output_dir: str | None = setting(None, "none = runs/bench-<time>")
+    lengths: tuple[int, ...] = setting(
+        (256, 1024), "step-time: max completion lengths", check=Check(lambda v: min(v) >= 1, "must be positive")
+    )
+    steps: int = setting(3, "step-time: measured steps per run, after one warm-up step", check=at_least(1))
+    repetitions: int = setting(3, "interleaved repetitions of every measurement", check=at_least(1))
+    peers: tuple[Peer, ...] = setting(("recipe", "trl-colocate", "trl-async", "lora", "merge"), "step-time: who runs")
+    init_adapter: str | None = setting(
+        None,
+        "step-time: the adapter every peer starts from; none = a 20-step format warm-up made here (none in --quick)",
+    )
+    timeout: float = setting(7200.0, "seconds one peer run may take", check=at_least(1))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self.all or bool(self.scenario), "scenario", "or --all: nothing to run")
+
+
+@dataclass
+class Context:
+    """What a scenario reads (sizes, repetitions) and fills (raw data, charts, a shared cache)."""
+
+    settings: BenchSettings
+    output_dir: Path
+    raw: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def quick(self) -> bool:
+        return self.settings.quick
+
+    @property
+    def repetitions(self) -> int:
+        return 1 if self.quick else self.settings.repetitions
+
+    @property
+    def steps(self) -> int:
+        return 1 if self.quick else self.settings.steps
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return (32,) if self.quick else self.settings.lengths
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return self.settings.peers
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout
+
+    @property
+    def sizes(self) -> dict:
+        if self.quick:
+            return dict(
+                prompts=2,
+                n=4,
+                max_tokens=16,
+                decode_tokens=16,
+                scaling_n=(1, 4),
+                scaling_prompts=(1, 2),
+                memory_sequences=4,
+            )
+        return dict(
+            prompts=2,
+            n=8,
+            max_tokens=256,
+            decode_tokens=256,
+            scaling_n=(1, 2, 4, 8, 16),
+            scaling_prompts=(1, 2, 4, 8),
+            memory_sequences=16,
+        )
+
+    def warmup_adapter(self) -> str | None:
+        """The adapter the step-time peers start from (made once per run)."""
+        if self.settings.init_adapter is not None or self.quick:
+            return self.settings.init_adapter
+        if "warmup" not in self.cache:
+            from trainer.sft import SFTSettings, run_sft
+
+            folder = self.output_dir / "warmup"
+            run_sft(
+                SFTSettings(output_dir=str(folder), max_steps=20, batch_size=4, learning_rate=1e-3, report_to="none")
+            )
+            self.cache["warmup"] = str(folder)
+        return self.cache["warmup"]
+
+    # ---- charts ------------------------------------------------------------------------------
+
+    def _figure(self, width: float = 7.0):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt, *plt.subplots(figsize=(width, 4.2))
+
+    def bar_chart(self, name: str, series: dict[str, list[float]], unit: str) -> None:
+        plt, figure, axis = self._figure()
+        labels = list(series)
+        medians = [sorted(v)[len(v) // 2] for v in series.values()]
+        errors = [
+            [m - min(v) for m, v in zip(medians, series.values())],
+            [max(v) - m for m, v in zip(medians, series.values())],
+        ]
+        axis.bar(labels, medians, yerr=errors, capsize=4, color="#4878a8")
+        axis.set_ylabel(unit)
+        axis.set_title(f"{name} (median, min–max of {len(next(iter(series.values())))})")
+        figure.tight_layout()
+        figure.savefig(self.output_dir / f"{name}.png", dpi=100)
+        plt.close(figure)
+
+    def line_chart(self, name: str, series: dict[str, list[float]], unit: str) -> None:
+        plt, figure, axis = self._figure(9.0)
+        axis.plot(list(series), [sorted(v)[len(v) // 2] for v in series.values()], marker="o")
+        axis.set_ylabel(unit)
+        axis.tick_params(axis="x", labelrotation=30)
+        axis.set_title(f"{name} (median)")
+        figure.tight_layout()
+        figure.savefig(self.output_dir / f"{name}.png", dpi=100)
+        plt.close(figure)
+
+    def step_chart(self, by_length: dict[str, dict[str, list[dict]]]) -> None:
+        """Stacked median seconds per phase, one bar per peer and length."""
+        plt, figure, axis = self._figure(9.0)
+        phases, colours = ("sample", "score", "train", "push"), ("#4878a8", "#e0a040", "#60a060", "#c04040")
+        position = 0
+        ticks = []
+        for length, runs in by_length.items():
+            for peer, results in runs.items():
+                results = [r for r in results if "error" not in r]
+                if not results:
+                    continue
+                bottom = 0.0
+                for phase, colour in zip(phases, colours):
+                    values = [v for r in results for v in r["split"].get(phase, [])]
+                    height = sorted(values)[len(values) // 2] if values else 0.0
+                    axis.bar(position, height, bottom=bottom, color=colour, label=phase if position == 0 else None)
+                    bottom += height
+                ticks.append((position, f"{peer}\n{length}"))
+                position += 1
+        axis.set_xticks([p for p, _ in ticks], [label for _, label in ticks], fontsize=8)
+        axis.set_ylabel("seconds per step (median)")
+        axis.set_title("GRPO step time by phase")
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(self.output_dir / "step_time.png", dpi=100)
+        plt.close(figure)
+
+
+def run_bench(settings: BenchSettings) -> Path:
+    output_dir = Path(settings.output_dir or f"runs/bench-{datetime.now():%Y%m%d-%H%M%S}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    context = Context(settings, output_dir)
+    names = list(SCENARIOS) if settings.all else list(settings.scenario)
+    figures: list[tuple[str, Figure]] = []
+    durations = {}
+    progress = tqdm(names, desc="bench", unit="scenario")
+    for name in progress:
+        progress.set_description(f"bench: {name}")
+        started = time.perf_counter()
+        figures += [(name, figure) for figure in SCENARIOS[name](context)]
+        durations[name] = time.perf_counter() - started
+    report = {
+        "machine": machine(),
+        "settings": {**settings.__dict__, "scenarios": names},
+        "figures": [{"scenario": name, **figure.as_dict()} for name, figure in figures],
+        "raw": {**context.raw, "scenario_seconds": durations},
+    }
+    (output_dir / "bench.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print_table([figure for _, figure in figures])
+    print(f"\n{output_dir}: bench.json and {', '.join(sorted(p.name for p in output_dir.glob('*.png')))}")
+    return output_dir
+
+
+def print_table(figures: list[Figure]) -> None:
+    print(f"\n{'figure':<72} {'value':>9} {'min':>8} {'max':>8} {'n':>3}  goal      met")
+    for figure in figures:
+        met = {True: "yes", False: "NO", None: ""}[figure.meets_goal()] if not math.isnan(figure.value) else "—"
+        print(
+            f"{figure.name[:72]:<72} {figure.value:9.3f} {figure.min:8.3f} {figure.max:8.3f} {figure.repetitions:>3}  "
+            f"{figure.goal or '':<9} {met}"
+        )
+        if figure.note:
+            print(f"    {figure.note[:160]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_bench(parse_settings(BenchSettings, argv, prog="grpo-math bench", description=__doc__))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""The training side's scenarios of ``grpo-math bench``: GRPO step time against the peers, the
+adapter sync's cost, and the 4-bit trainer's memory.
+
+Step time: every peer trains the same policy (4-bit nf4 + LoRA r16 q,v, from the same warm-up
+adapter) on the same questions in the same order, 2 prompts × 8 completions per step, at each
+completion length; each run is a process of its own that trains one warm-up step and then
+``--steps`` measured ones; runs of the peers alternate, ``--repetitions`` times. Peers:
+
+- ``recipe``: TRL ``GRPOTrainer`` generating with transformers inside the trainer (the original notebook)
+- ``trl-colocate``: TRL ``GRPOTrainer`` with ``use_vllm=True, vllm_mode="colocate"``
+- ``trl-async``: TRL's experimental ``AsyncGRPOTrainer`` against ``trl vllm-serve --enable-lora``
+- ``lora`` and ``merge``: this project's server (in that adapter mode) and trainer
+
+A peer that cannot run here as it ships is run once and reported with the exact error it raised.
+"""
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.measure import Figure, Interleaved, ratio_figure, value_figure
+from grpo_math.local_server import LocalServer
+from shared.models import nf4_dequantized_dir, resolve_model
+
+GOALS = {"recipe": ">= 3", "trl-colocate": ">= 2", "trl-async": ">= 1.5"}
+
+
+def run_process(command: list[str], log_path: Path, timeout: float) -> str:
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout, check=False)
+    return result.stdout
+
+
+def json_lines(text: str) -> list[dict]:
+    """The ``@@ {json}`` lines a runner printed (libraries print to stdout too)."""
+    return [json.loads(line[3:]) for line in text.splitlines() if line.startswith("@@ ")]
+
+
+def ours(context, url: str, length: int, adapter: str | None) -> dict:
+    """``grpo-math train`` against ``url`` for a warm-up step and the measured ones."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [
+            sys.executable,
+            "-m",
+            "grpo_math",
+            "train",
+            "--server-url",
+            url,
+            "--output-dir",
+            run_dir,
+            "--max-steps",
+            str(1 + context.steps),
+            "--max-completion-length",
+            str(length),
+            "--report-to",
+            "none",
+            "--save-every",
+            "0",
+            "--server-timeout",
+            "120",
+        ]
+        if adapter is not None:
+            command += ["--init-adapter", adapter]
+        run_process(command, context.output_dir / "ours.log", timeout=context.timeout)
+        metrics = Path(run_dir) / "metrics.jsonl"
+        if not metrics.exists():
+            return {"error": f"grpo-math train wrote no metrics; see {context.output_dir / 'ours.log'}"}
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()][1:]  # after the warm-up step
+    return {
+        "steps": [row["time/step_s"] for row in rows],
+        "split": {
+            "sample": [row["time/sample_s"] for row in rows],
+            "score": [row["time/score_s"] for row in rows],
+            "train": [row["time/train_s"] + row["time/optimizer_s"] for row in rows],
+            "push": [row["time/push_s"] for row in rows],
+        },
+        "push_bytes": rows[-1]["push_bytes"],
+        "completion_length_mean": statistics.mean(row["completion_length_mean"] for row in rows),
+    }
+
+
+def trl_recipe(context, mode: str, length: int, adapter: str | None) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.peers.trl_recipe",
+        "--mode",
+        mode,
+        "--steps",
+        str(1 + context.steps),
+        "--max-completion-length",
+        str(length),
+    ]
+    if adapter is not None:
+        command += ["--init-adapter", adapter]
+    lines = json_lines(run_process(command, context.output_dir / f"trl-{mode}.log", timeout=context.timeout))
+    if not lines or "error" in lines[-1]:
+        return {"error": lines[-1]["error"] if lines else "no output; see the log"}
+    steps = lines[1:]
+    return {
+        "steps": [line["seconds"] for line in steps],
+        "split": {
+            "sample": [line["generate_s"] for line in steps],
+            "score": [line["rewards_s"] for line in steps],
+            "train": [line["seconds"] - line["generate_s"] - line["rewards_s"] for line in steps],
+        },
+    }
+
+
+def trl_async(context, length: int) -> dict:
+    """``AsyncGRPOTrainer`` against ``trl vllm-serve`` with LoRA (adapter-only sync)."""
+    model = str(nf4_dequantized_dir(resolve_model("auto")))
+    bin_dir = Path(sys.executable).parent
+    flags = [
+        "--host",
+        "127.0.0.1",
+        "--max-model-len",
+        "2048",
+        "--enable-lora",
+        "--max-lora-rank",
+        "16",
+        "--max-loras",
+        "6",
+        "--kv-cache-memory-bytes",
+        str(2**30),
+    ]
+    environment = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    server = LocalServer(
+        flags,
+        context.output_dir / "trl-vllm-serve.log",
+        environment=environment,
+        program=[str(bin_dir / "trl"), "vllm-serve", "--model", model],
+    )
+    with server:
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.peers.trl_async",
+            "--server-url",
+            server.url,
+            "--model",
+            model,
+            "--steps",
+            str(1 + context.steps),
+            "--max-completion-length",
+            str(length),
+        ]
+        lines = json_lines(run_process(command, context.output_dir / "trl-async.log", timeout=context.timeout))
+    if not lines or "error" in lines[-1]:
+        return {"error": lines[-1]["error"] if lines else "no output; see the log"}
+    return {"steps": [line["seconds"] for line in lines[1:]], "split": {}}
+
+
+def step_time(context) -> list[Figure]:
+    adapter = context.warmup_adapter()
+    figures = []
+    flags = ["--max-model-len", "2048"]
+    logs = context.output_dir
+    with (
+        LocalServer([*flags, "--adapter-mode", "lora"], logs / "step-lora-server.log") as lora_server,
+        LocalServer([*flags, "--adapter-mode", "merge"], logs / "step-merge-server.log") as merge_server,
+    ):
+        for length in context.lengths:
+            runs, medians = compare_at_length(context, length, adapter, lora_server.url, merge_server.url)
+            context.raw.setdefault("step_time", {})[str(length)] = runs
+            context.cache.setdefault("ours_runs", []).extend(runs.get("merge", []) + runs.get("lora", []))
+            figures += step_figures(length, runs, medians)
+        context.step_chart(context.raw["step_time"])
+    return figures
+
+
+def compare_at_length(context, length: int, adapter: str | None, lora_url: str, merge_url: str):
+    """Every peer's runs at one completion length, in turns: (runs by peer, median step by run)."""
+    peers = {
+        "recipe": lambda: trl_recipe(context, "transformers", length, adapter),
+        "trl-colocate": lambda: trl_recipe(context, "colocate", length, adapter),
+        "trl-async": lambda: trl_async(context, length),
+        "lora": lambda: ours(context, lora_url, length, adapter),
+        "merge": lambda: ours(context, merge_url, length, adapter),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in context.peers}
+
+    def measured(name):
+        def run() -> float | None:
+            if runs[name] and "error" in runs[name][-1]:
+                return None  # not runnable here: tried once
+            runs[name].append(peers[name]())
+            result = runs[name][-1]
+            return None if "error" in result else statistics.median(result["steps"])
+
+        return run
+
+    medians = Interleaved().run({name: measured(name) for name in context.peers}, context.repetitions)
+    return runs, medians
+
+
+def step_figures(length: int, runs: dict[str, list[dict]], medians: dict[str, list]) -> list[Figure]:
+    figures = []
+    for ours_mode in ("merge", "lora"):
+        if ours_mode not in medians or None in medians[ours_mode]:
+            continue
+        for peer, goal in GOALS.items():
+            if peer not in runs:
+                continue
+            name = f"step time at {length} tokens: {peer} ÷ ours ({ours_mode})"
+            if runs[peer] and "error" in runs[peer][-1]:
+                figures.append(
+                    Figure(
+                        name,
+                        float("nan"),
+                        goal,
+                        "×",
+                        float("nan"),
+                        float("nan"),
+                        float("nan"),
+                        0,
+                        note=f"not runnable here as it ships: {runs[peer][-1]['error'][:300]}",
+                    )
+                )
+                continue
+            figures.append(ratio_figure(name, medians[peer], medians[ours_mode], goal))
+    if "merge" in medians and "lora" in medians and None not in medians["merge"] + medians["lora"]:
+        figures.append(
+            ratio_figure(
+                f"step time at {length} tokens: ours lora ÷ ours merge", medians["lora"], medians["merge"], None
+            )
+        )
+    for mode in ("merge", "lora"):
+        for run in runs.get(mode, []):
+            if "error" in run:
+                continue
+            shares = [push / step for push, step in zip(run["split"]["push"], run["steps"])]
+            figures.append(
+                value_figure(f"{mode} mode at {length} tokens: push + load ÷ step time", shares, "×", goal="<= 0.02")
+            )
+            break
+    return figures
+
+
+# ---- adapter sync ---------------------------------------------------------------------------------
+
+QWEN_3B = {"hidden": 2048, "layers": 36, "kv_heads": 2, "head_dim": 128, "parameters": 3_085_938_688}
+
+
+def lora_bytes(hidden: int, layers: int, kv_heads: int, head_dim: int, rank: int = 16) -> int:
+    """fp32 bytes of a LoRA r on q_proj (hidden → hidden) and v_proj (hidden → kv_heads·head_dim).
+
+    >>> lora_bytes(576, 30, 3, 64)  # the embedded model: the pushed safetensors hold these plus a header
+    3686400
+    """
+    per_layer = rank * hidden + hidden * rank + rank * hidden + kv_heads * head_dim * rank
+    return 4 * layers * per_layer
+
+
+def adapter_sync(context) -> list[Figure]:
+    """Bytes pushed per step ÷ a full-weight sync, and push + load time ÷ the step time."""
+    model = Path(resolve_model("auto"))
+    full_bytes = sum(path.stat().st_size for path in model.glob("*.safetensors"))
+    runs = [run for run in context.cache.get("ours_runs", []) if "error" not in run]
+    if not runs:  # step_time did not run: one short run of our own, merge mode
+        with LocalServer(
+            ["--max-model-len", "2048", "--adapter-mode", "merge"], context.output_dir / "sync-server.log"
+        ) as local:
+            runs = [ours(context, local.url, context.lengths[0], context.warmup_adapter())]
+    pushed = runs[0]["push_bytes"]
+    shares = [push / step for run in runs for push, step in zip(run["split"]["push"], run["steps"])]
+    qwen = lora_bytes(QWEN_3B["hidden"], QWEN_3B["layers"], QWEN_3B["kv_heads"], QWEN_3B["head_dim"])
+    context.raw["adapter_sync"] = {
+        "pushed_bytes": pushed,
+        "full_bytes": full_bytes,
+        "push_share_of_step": shares,
+        "qwen_lora_bytes": qwen,
+        "qwen_full_bytes": QWEN_3B["parameters"] * 2,
+    }
+    return [
+        Figure(
+            "bytes pushed per step ÷ full-weight sync (embedded, measured)",
+            pushed / full_bytes,
+            "<= 0.01",
+            "×",
+            pushed / full_bytes,
+            pushed / full_bytes,
+            pushed / full_bytes,
+            1,
+            note=f"{pushed:,} of {full_bytes:,} bytes",
+        ),
+        Figure(
+            "bytes pushed per step ÷ full-weight sync (Qwen2.5-3B, computed)",
+            qwen / (QWEN_3B["parameters"] * 2),
+            "<= 0.01",
+            "×",
+            qwen / (QWEN_3B["parameters"] * 2),
+            qwen / (QWEN_3B["parameters"] * 2),
+            qwen / (QWEN_3B["parameters"] * 2),
+            0,
+            note="computed from the config, not measured",
+        ),
+        value_figure("push + load ÷ step time", shares, "×", goal="<= 0.02"),
+    ]
+
+
+# ---- trainer memory --------------------------------------------------------------------------------
+
+
+def trainer_memory(context) -> list[Figure]:
+    """Peak memory of the 4-bit LoRA trainer ÷ the same trainer on a bf16 base, same batch (16
+    sequences × 400 tokens, micro-batch 2), each in a process of its own."""
+    sizes = ["--sequences", str(context.sizes["memory_sequences"]), "--tokens", "400", "--micro-batch", "2"]
+
+    def probe(four_bit: bool):
+        def run() -> dict:
+            flag = "--load-in-4bit" if four_bit else "--no-load-in-4bit"
+            output = run_process(
+                [sys.executable, "-m", "benchmarks.memory_probe", flag, *sizes],
+                context.output_dir / "memory.log",
+                timeout=context.timeout,
+            )
+            return json_lines(output)[-1]
+
+        return run
+
+    results = Interleaved().run({"nf4": probe(True), "bf16": probe(False)}, context.repetitions)
+    key = "peak_gpu_allocated_mb" if results["nf4"][0]["peak_gpu_allocated_mb"] is not None else "peak_rss_mb"
+    peaks = {name: [result[key] for result in values] for name, values in results.items()}
+    context.raw["trainer_memory"] = results
+    context.bar_chart("trainer_memory", peaks, f"{key.replace('_', ' ')}")
+    weights = results["nf4"][0]["weights_mb"], results["bf16"][0]["weights_mb"]
+    note = (
+        f"weights {weights[0]:.0f} MB (nf4) vs {weights[1]:.0f} MB (bf16) of a "
+        f"{statistics.median(peaks['bf16']):.0f} MB peak: at 135M parameters activations and the LM head's "
+        "fp32 logits dominate, not weights"
+    )
+    return [ratio_figure(f"trainer memory ({key}): nf4 ÷ bf16 base", peaks["nf4"], peaks["bf16"], "<= 0.45", note=note)]

@@ -1,0 +1,59 @@
+"""``grpo-math bench --all --quick``: every scenario runs, and bench.json has the promised shape.
+No timing thresholds: each figure must be a positive finite ratio, or a peer that cannot run here
+reported with the error it raised."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+FIGURE_FIELDS = {
+    "scenario",
+    "name",
+    "value",
+    "goal",
+    "unit",
+    "median",
+    "min",
+    "max",
+    "repetitions",
+    "note",
+    "meets_goal",
+}
+
+
+def test_bench_all_quick_writes_the_json_the_plots_and_finite_ratios(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_math", "bench", "--all", "--quick", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=3000,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert set(report) == {"machine", "settings", "figures", "raw"}
+    assert report["machine"]["cores"] >= 1 and report["machine"]["packages"]["vllm"]
+    scenarios = {figure["scenario"] for figure in report["figures"]}
+    assert scenarios == {"server-overhead", "step-time", "adapter-sync", "trainer-memory", "decode-roofline", "scaling",
+                         "lora-overhead", "pool"}  # fmt: skip
+    for figure in report["figures"]:
+        assert set(figure) == FIGURE_FIELDS, figure
+        if figure["repetitions"] == 0 and "not runnable" in figure["note"]:
+            continue  # a peer reported with the exact error it raised
+        assert math.isfinite(figure["value"]) and figure["value"] > 0, figure
+        assert figure["min"] <= figure["median"] <= figure["max"], figure
+    for name in (
+        "server_overhead",
+        "step_time",
+        "trainer_memory",
+        "decode_roofline",
+        "scaling",
+        "lora_overhead",
+        "pool",
+    ):
+        with Image.open(tmp_path / f"{name}.png") as image:
+            image.verify()
+    assert "figure" in result.stdout and "goal" in result.stdout  # the table
