@@ -12,6 +12,8 @@ Scenarios (``--scenario NAME ...`` or ``--all``; ``--quick`` sizes them for CI):
   scaling           tok/s as n and the prompts per request grow
   lora-overhead     tok/s through an adapter ÷ the base model, lora vs merge mode (merge ≥ 0.95)
   pool              two servers behind one trainer ÷ one server, sampling tok/s
+  async             completions trained per minute with --max-staleness 1 and 2 ÷ 0 (goal ≥ 1.6 on a
+                    GPU box), cores shared and split; reward and format curves of S=0 and S=1 by seed
 
 Writes ``bench.json`` ({"machine", "figures", "raw"}), one PNG per scenario and prints a table.
 Runs from a checkout (the peers' runners and a test helper live beside it). The same command runs
@@ -31,7 +33,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from benchmarks import serving, training
+from benchmarks import asynchronous, serving, training
 from benchmarks.measure import Figure, machine
 from shared.settings import Check, at_least, check_fields, parse_settings, require, setting
 
@@ -44,6 +46,7 @@ SCENARIOS = {
     "scaling": serving.scaling,
     "lora-overhead": serving.lora_overhead,
     "pool": serving.pool,
+    "async": asynchronous.async_training,
 }
 Scenario = Literal[
     "server-overhead",
@@ -54,6 +57,7 @@ Scenario = Literal[
     "scaling",
     "lora-overhead",
     "pool",
+    "async",
 ]
 Peer = Literal["recipe", "trl-colocate", "trl-async", "lora", "merge"]
 
@@ -135,6 +139,18 @@ class Context:
             scaling_prompts=(1, 2, 4, 8),
             memory_sequences=16,
         )
+
+    @property
+    def async_length(self) -> int:
+        return 32 if self.quick else 256
+
+    @property
+    def async_seeds(self) -> tuple[int, ...]:
+        return (1,) if self.quick else (1, 2, 3)
+
+    @property
+    def async_curve_steps(self) -> int:
+        return 3 if self.quick else 12
 
     def warmup_adapter(self) -> str | None:
         """The adapter the step-time peers start from (made once per run)."""

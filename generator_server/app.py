@@ -146,7 +146,11 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
     async def health(request: Request) -> HealthResponse:
         engine = engine_of(request)
         return HealthResponse(
-            status="ok", model=engine.model_path, adapter_version=engine.active_version, limits=settings.limits()
+            status="ok",
+            model=engine.model_path,
+            adapter_version=engine.active_version,
+            adapter_mode=settings.adapter_mode,
+            limits=settings.limits(),
         )
 
     @app.get("/metrics")

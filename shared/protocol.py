@@ -231,6 +231,9 @@ class HealthResponse(StrictModel):
     status: Literal["ok"]
     model: str
     adapter_version: int | None = Field(description="the active adapter version (null: the base model)")
+    adapter_mode: Literal["lora", "merge"] = Field(
+        description="lora: each version a LoRA, several served at once; merge: one version merged into the weights"
+    )
     limits: ServerLimits
 
 

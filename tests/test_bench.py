@@ -38,7 +38,7 @@ def test_bench_all_quick_writes_the_json_the_plots_and_finite_ratios(tmp_path):
     assert report["machine"]["cores"] >= 1 and report["machine"]["packages"]["vllm"]
     scenarios = {figure["scenario"] for figure in report["figures"]}
     assert scenarios == {"server-overhead", "step-time", "adapter-sync", "trainer-memory", "decode-roofline", "scaling",
-                         "lora-overhead", "pool"}  # fmt: skip
+                         "lora-overhead", "pool", "async"}  # fmt: skip
     for figure in report["figures"]:
         assert set(figure) == FIGURE_FIELDS, figure
         if figure["repetitions"] == 0 and "not runnable" in figure["note"]:
@@ -53,6 +53,7 @@ def test_bench_all_quick_writes_the_json_the_plots_and_finite_ratios(tmp_path):
         "scaling",
         "lora_overhead",
         "pool",
+        "async",
     ):
         with Image.open(tmp_path / f"{name}.png") as image:
             image.verify()

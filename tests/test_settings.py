@@ -4,6 +4,7 @@ overriding it, a run's ``settings.json`` reproducing the run, and errors that na
 import ast
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from generator_server.settings import ServerSettings
 from grpo_math.demo import DemoSettings
-from shared.protocol import ServerLimits
+from shared.protocol import HealthResponse, ServerLimits
 from shared.settings import SettingsError, flag_of, parse_settings
 from trainer.evaluate import EvalSettings
 from trainer.report import ReportSettings
@@ -104,7 +105,8 @@ def test_the_trainer_checks_its_settings_against_the_servers_limits():
         max_adapter_bytes=2**20,
         adapter_keep=3,
     )
-    check_against_server(TrainSettings(max_completion_length=256), limits)  # within every limit
+    health = HealthResponse(status="ok", model="m", adapter_version=None, adapter_mode="lora", limits=limits)
+    check_against_server(TrainSettings(max_completion_length=256), health)  # within every limit
     for overrides, message in (
         ({"num_generations": 16}, "--num-generations 16 is more than the server allows (8, its --max-n)"),
         ({"prompts_per_step": 5}, "--prompts-per-step 5 is more than the server allows (4, its --max-prompts)"),
@@ -112,13 +114,13 @@ def test_the_trainer_checks_its_settings_against_the_servers_limits():
             {"max_completion_length": 1024},
             "--max-completion-length 1024 is more than the server allows (256, its --max-tokens)",
         ),
-        (
-            {"lora_r": 32, "max_completion_length": 256},
-            "--lora-r 32 is more than the server allows (16, its --max-lora-rank)",
-        ),
+        ({"lora_r": 32}, "--lora-r 32 is more than the server allows (16, its --max-lora-rank)"),
+        ({"max_staleness": 2}, "--max-staleness 2 needs the server to keep 4 adapter versions loaded"),
     ):
-        with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            check_against_server(TrainSettings(**{"max_completion_length": 256, **overrides}), limits)
+        with pytest.raises(SettingsError, match=re.escape(message)):
+            check_against_server(TrainSettings(**{"max_completion_length": 256, **overrides}), health)
+    merge = health.model_copy(update={"adapter_mode": "merge"})  # one version at a time: stale requests get the newest
+    check_against_server(TrainSettings(max_completion_length=256, max_staleness=2), merge)
 
 
 def test_the_api_key_comes_from_a_file_or_the_environment_never_a_flag(tmp_path, monkeypatch):

@@ -271,3 +271,30 @@ def test_steps_that_keep_failing_stop_the_run_before_a_bad_adapter_is_pushed(ser
         train(settings, rewards=(WeightedReward(always_nan),))
     assert len(read_metrics(tmp_path / "run")) == 3
     assert GrpoMathServer(server_url).active_version() == before  # nothing was pushed
+
+
+def test_asynchronous_training_lags_one_step_and_the_reward_still_rises(server_url, tmp_path):
+    """--max-staleness 1: each batch is sampled while the step before it trains, so it comes from
+    the adapter one push older than the newest; none is dropped; a crash in step 6 and a resume
+    sample the batches in flight again and finish with each step once."""
+    calls = []
+
+    def crashes_in_step_6(completions, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("simulated crash")
+        return starts_with_a_numbered_list(completions)
+
+    settings = settings_for(server_url, tmp_path / "run", max_staleness=1, save_every=4, report_to="none")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(settings, rewards=(WeightedReward(crashes_in_step_6),))
+    run_dir = train(replace(settings, resume=True), rewards=EASY_REWARD)
+    rows = read_metrics(run_dir)
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    assert [row["staleness"] for row in rows] == [0, 1, 1, 1, 0, 1, 1, 1]  # step 5: the first after the resume
+    assert all(row["stale_batches_dropped"] == 0 for row in rows)
+    sampled = [row["sampled_with_adapter"] for row in rows]
+    assert sampled[:4] == [-1, -1, sampled[2], sampled[2] + 1] and sampled[2] > 0  # step 2 still from the base model
+    first, last = [sum(row["reward"] for row in part) / 3 for part in (rows[:3], rows[-3:])]
+    print(f"\nasync, S=1: mean reward of steps 1-3: {first:.3f}, of steps 6-8: {last:.3f}")
+    assert last > first + 0.3

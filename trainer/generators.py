@@ -208,7 +208,9 @@ class VllmServer:
             max_adapter_bytes=2**40,
             adapter_keep=self.adapter_keep,
         )
-        return HealthResponse(status="ok", model=self._base_model, adapter_version=self.active, limits=limits)
+        return HealthResponse(
+            status="ok", model=self._base_model, adapter_version=self.active, adapter_mode="lora", limits=limits
+        )
 
     def _max_lora_rank(self) -> int:
         """From ``/server_info`` where the server has it (dev mode, as ``trl vllm-serve`` runs), else
@@ -329,6 +331,7 @@ class ServerPool:
             status="ok",
             model=healths[0].model,
             adapter_version=versions.pop() if len(versions) == 1 else None,
+            adapter_mode="merge" if any(health.adapter_mode == "merge" for health in healths) else "lora",
             limits=ServerLimits(**limits),
         )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from shared.models import is_missing_folder
-from shared.protocol import AdapterUpload, ServerLimits
+from shared.protocol import AdapterUpload, HealthResponse
 from shared.rewards import REWARD_FUNCTIONS
 from shared.settings import Check, SettingsError, at_least, check_fields, positive, read_api_key, require, setting
 
@@ -39,6 +39,12 @@ class TrainSettings:
         300.0,
         "how long a request is retried (backoff 1, 2, 4 … 30 s) while the server is unreachable or answers 5xx "
         "before the run stops; a restarted server gets the current adapter again",
+        check=at_least(0),
+    )
+    max_staleness: int = setting(
+        0,
+        "asynchronous GRPO: sample up to S steps ahead while training, each batch at most S optimizer steps "
+        "older than the policy (the importance weights correct it); 0 = sample, then train (synchronous)",
         check=at_least(0),
     )
     max_bad_steps: int = setting(
@@ -135,9 +141,16 @@ class TrainSettings:
         return read_api_key(self.api_key_file)
 
 
-def check_against_server(settings: TrainSettings, limits: ServerLimits) -> None:
+def check_against_server(settings: TrainSettings, health: HealthResponse) -> None:
     """Raise ``SettingsError`` naming the flag to change where the server would refuse the run's
     requests; called before any model is loaded."""
+    limits = health.limits
+    if settings.max_staleness and health.adapter_mode == "lora" and limits.adapter_keep < settings.max_staleness + 2:
+        raise SettingsError(
+            "max_staleness",
+            f"{settings.max_staleness} needs the server to keep {settings.max_staleness + 2} adapter versions loaded "
+            f"for the requests in flight; it keeps {limits.adapter_keep} (its --adapter-keep)",
+        )
     for name, value, limit, server_flag in (
         ("num_generations", settings.num_generations, limits.max_n, "--max-n"),
         ("prompts_per_step", settings.prompts_per_step, limits.max_prompts, "--max-prompts"),

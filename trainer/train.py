@@ -16,8 +16,12 @@ With one update per batch the "old" policy of the ratio is the loss's own forwar
 no second forward for it. Sequences whose advantage is 0 (a group with equal rewards) add nothing
 to the loss when beta is 0, so they are not run at all; their tokens still count in the normaliser.
 
-Left out: several updates per batch (``num_iterations`` > 1), overlapping sampling with training
-(one-step-off), multi-GPU, reward models.
+With ``--max-staleness S`` (S ≥ 1) a producer thread (``trainer/producer.py``) samples the next
+steps while this one trains, each batch with the newest adapter pushed and at most S optimizer
+steps older than the policy that trains on it (an older one is dropped and sampled again); the
+importance weights use the sampler's own logprobs, so they correct the staleness too.
+
+Left out: several updates per batch (``num_iterations`` > 1), multi-GPU, reward models.
 
     grpo-math serve &                                  # the generator server, 127.0.0.1:8000
     grpo-math train --max-steps 10                     # the recipe's defaults
@@ -51,6 +55,7 @@ from trainer.evaluation import RATE_METRICS, evaluate
 from trainer.generators import Generator, GeneratorError, connect_generator, wait_until_healthy
 from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
+from trainer.producer import BatchProducer, SampledBatch
 from trainer.settings import TrainSettings, check_against_server
 
 logger = logging.getLogger("trainer")
@@ -94,6 +99,51 @@ class StepResult:
     metrics: dict[str, float]
 
 
+@dataclass
+class Sampling:
+    """Where each step's batch comes from, and the adapter the trainer pushed last (the only state
+    the loop carries from step to step besides the model and optimizer): sampled now with that
+    adapter, or, with a producer (``--max-staleness`` S ≥ 1), sampled ahead and taken from it."""
+
+    run: Run
+    policy: object
+    version: int | None  # the server's version of the newest pushed adapter (None: the base model)
+    policy_version: int  # the step whose update made it (0: the initial adapter)
+    producer: BatchProducer | None = None
+    dropped: int = 0  # batches too stale to train on
+
+    def batch(self, step: int) -> SampledBatch:
+        if self.producer is not None:
+            batch = self.producer.take(step, self.restore)
+            if self.policy_version - batch.policy_version <= self.run.settings.max_staleness:
+                return batch
+            self.dropped += 1  # never trained on: sampled again, now, with the newest adapter
+        return self.now(step)
+
+    def now(self, step: int) -> SampledBatch:
+        """Sample with the newest adapter; a server that lost it (restarted) gets it again."""
+        try:
+            return SampledBatch(step, sample(self.run, step, self.version), self.version, self.policy_version)
+        except GeneratorError as error:
+            if error.status != 404 or self.version is None:
+                raise
+            logger.warning("the server no longer has adapter %s (%s)", self.version, error)
+            self.restore()
+            return SampledBatch(step, sample(self.run, step, self.version), self.version, self.policy_version)
+
+    def restore(self) -> tuple[int, int]:
+        """Push the policy's current adapter again (the trainer's thread: the policy has not changed
+        since the newest version was pushed); returns (its new version, its policy version)."""
+        self.version = self.run.generator.push_adapter(adapter_upload(self.policy, version="next")).version
+        logger.warning("pushed the current adapter again as version %s", self.version)
+        return self.version, self.policy_version
+
+    def pushed(self, version: int, policy_version: int) -> None:
+        self.version, self.policy_version = version, policy_version
+        if self.producer is not None:
+            self.producer.publish(version, policy_version)
+
+
 @contextlib.contextmanager
 def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
     """Record the seconds the block took as ``timings[phase]``."""
@@ -129,8 +179,15 @@ def question_indices(step: int, per_step: int, size: int, seed: int) -> list[int
 # ---- one step --------------------------------------------------------------------------------
 
 
-def sample(run: Run, problems: list[MathProblem], adapter_version: int | None) -> GenerateResponse:
+def problems_of(run: Run, step: int) -> tuple[list[int], list[MathProblem]]:
+    indices = question_indices(step, run.settings.prompts_per_step, len(run.problems), run.settings.seed)
+    return indices, [run.problems[index] for index in indices]
+
+
+def sample(run: Run, step: int, adapter_version: int | None) -> GenerateResponse:
+    """The groups of ``step``'s questions, sampled with ``adapter_version``."""
     settings = run.settings
+    _, problems = problems_of(run, step)
     reply = run.generator.generate(
         GenerateRequest(
             prompts=[problem.prompt for problem in problems],
@@ -194,16 +251,18 @@ def backward_micro_batch(run: Run, policy, sequences: list[Sequence], normaliser
     )
 
 
-def train_step(step: int, run: Run, policy, optimizer, scheduler, sampling_version: int | None) -> StepResult:
-    """One GRPO step on the questions of ``step``, sampled with adapter ``sampling_version`` (None:
-    the base model); returns the adapter version it pushed and the step's metrics row."""
+def train_step(step: int, run: Run, policy, optimizer, scheduler, sampling: Sampling) -> StepResult:
+    """One GRPO step on the questions of ``step``, sampled with the newest adapter (or, with
+    ``--max-staleness``, one at most S steps older); returns the adapter version it pushed (the
+    one it sampled with where it skipped the update) and the step's metrics row."""
     settings, timings = run.settings, {}
-    indices = question_indices(step, settings.prompts_per_step, len(run.problems), settings.seed)
-    problems = [run.problems[index] for index in indices]
+    indices, problems = problems_of(run, step)
     group_size = settings.num_generations
 
-    with timed(timings, "sample"):
-        reply, sampling_version = sample_or_restore(run, problems, sampling_version, policy)
+    with timed(timings, "sample"):  # with a producer: waiting for the batch it sampled ahead
+        batch = sampling.batch(step)
+    reply, sampling_version = batch.reply, batch.adapter_version
+    staleness = sampling.policy_version - batch.policy_version  # optimizer steps behind the newest adapter
     completions = [completion for group in reply.groups for completion in group.completions]  # P × G, grouped
 
     with timed(timings, "score"):
@@ -252,6 +311,8 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler, sampling_versi
     metrics = metrics_row(
         step=step,
         first_question_index=indices[0],
+        staleness=staleness,
+        stale_batches_dropped=sampling.dropped,
         reply=reply,
         scores=scores,
         rewards=rewards,
@@ -263,20 +324,6 @@ def train_step(step: int, run: Run, policy, optimizer, scheduler, sampling_versi
         timings=timings,
     )
     return StepResult(adapter_version=pushed.version, metrics=metrics)
-
-
-def sample_or_restore(run: Run, problems: list[MathProblem], version: int | None, policy):
-    """Sample with ``version``. Where the server no longer has it (it restarted: a restarted
-    server has no adapter), push the policy's current adapter (the same weights, since the policy
-    has not changed since that version was pushed) and sample with the version it gets."""
-    try:
-        return sample(run, problems, version), version
-    except GeneratorError as error:
-        if error.status != 404 or version is None:
-            raise
-        restored = run.generator.push_adapter(adapter_upload(policy, version="next")).version
-        logger.warning("the server no longer has adapter %s (%s); pushed it again as %s", version, error, restored)
-        return sample(run, problems, restored), restored
 
 
 def skipped_step(step: int, first_question_index: int, version, scheduler, reason: str, timings) -> StepResult:
@@ -299,6 +346,8 @@ def metrics_row(
     *,
     step: int,
     first_question_index: int,
+    staleness: int,
+    stale_batches_dropped: int,
     reply: GenerateResponse,
     scores: RewardScores,
     rewards: torch.Tensor,
@@ -316,6 +365,8 @@ def metrics_row(
         "step": step,
         "first_question_index": first_question_index,
         "sampled_with_adapter": -1 if reply.adapter_version is None else reply.adapter_version,
+        "staleness": staleness,
+        "stale_batches_dropped": stale_batches_dropped,
         "reward": rewards.mean().item(),
         "reward_std": rewards.std().item(),
         **{f"rewards/{name}": sum(values) / len(values) for name, values in scores.per_function.items()},
@@ -405,7 +456,7 @@ def connect(settings: TrainSettings) -> Generator:
     )
     try:
         health = wait_until_healthy(generator, settings.server_timeout)
-        check_against_server(settings, health.limits)
+        check_against_server(settings, health)
     except GeneratorError as error:
         raise SystemExit(f"grpo-math train: error: --server-url {' '.join(settings.server_url)}: {error}") from None
     except SettingsError as error:
@@ -465,9 +516,9 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
 
     # The adapter the first step samples with: a trained one (resumed, or --init-adapter) is pushed
     # first; a fresh LoRA (B = 0) equals the base model, which the server serves faster.
-    sampling_version = None
+    first_version = None
     if checkpoints or settings.init_adapter is not None:
-        sampling_version = generator.push_adapter(adapter_upload(policy, version="next")).version
+        first_version = generator.push_adapter(adapter_upload(policy, version="next")).version
 
     run = Run(
         settings=settings,
@@ -491,32 +542,23 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
 
     logger.info("run folder %s; steps %d..%d", run_dir, completed_step + 1, settings.max_steps)
     steps = range(completed_step + 1, settings.max_steps + 1)
+    sampling = Sampling(run, policy, version=first_version, policy_version=completed_step)
+    if settings.max_staleness > 0:  # batches in flight at a resume are sampled again
+        producer = BatchProducer(
+            lambda step, version: sample(run, step, version),
+            steps,
+            settings.max_staleness,
+            first_version,
+            completed_step,
+        )
+        sampling.producer = producer
     progress = tqdm(steps, initial=completed_step, total=settings.max_steps, desc="GRPO")
-    with open(run_dir / "metrics.jsonl", "a") as metrics_file:
-        bad_steps = 0  # skipped (NaN/Inf) in a row
-        for step in progress:
-            result = train_step(step, run, policy, optimizer, scheduler, sampling_version)
-            sampling_version, metrics = result.adapter_version, result.metrics
-            bad_steps = bad_steps + 1 if metrics.get("skipped") else 0
-            if settings.eval_every and step % settings.eval_every == 0:
-                metrics.update(periodic_eval(run, sampling_version))
-            metrics_file.write(json.dumps(metrics) + "\n")
-            metrics_file.flush()  # before the checkpoint: a row is never missing from a step a resume skips
-            if settings.save_every and step % settings.save_every == 0:
-                save_checkpoint(run_dir, step, policy, optimizer, scheduler, settings.keep_checkpoints)
-            if tracker is not None:
-                trackio.log({key: value for key, value in metrics.items() if key != "step"}, step=step)
-            if bad_steps >= settings.max_bad_steps:
-                raise SystemExit(
-                    f"grpo-math train: error: {bad_steps} steps in a row skipped ({metrics['skip_reason']}); stopping "
-                    f"before a bad adapter reaches the server. The last pushed adapter is version {sampling_version}; "
-                    f"checkpoints: {run_dir / 'checkpoints'} (--max-bad-steps)"
-                )
-            progress.set_postfix(
-                reward=f"{metrics.get('reward', math.nan):.2f}",
-                format=f"{metrics.get('format_exact_rate', math.nan):.2f}",
-                step_s=f"{metrics['time/step_s']:.1f}",
-            )
+    try:
+        with open(run_dir / "metrics.jsonl", "a") as metrics_file:
+            train_loop(run, policy, optimizer, scheduler, sampling, progress, metrics_file, tracker)
+    finally:
+        if sampling.producer is not None:
+            sampling.producer.close()
     policy.save_pretrained(run_dir / "final")
     if tracker is not None:
         trackio.finish()
@@ -525,6 +567,40 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
     if tracker is not None:
         print("dashboard: trackio show --project grpo-math")
     return run_dir
+
+
+def train_loop(run: Run, policy, optimizer, scheduler, sampling: Sampling, progress, metrics_file, tracker) -> None:
+    """Step after step: train, evaluate, log, checkpoint; stops the run after too many bad steps."""
+    settings, run_dir = run.settings, run.run_dir
+    bad_steps = 0  # skipped (NaN/Inf) in a row
+    for step in progress:
+        result = train_step(step, run, policy, optimizer, scheduler, sampling)
+        metrics = result.metrics
+        if metrics.get("skipped"):
+            bad_steps += 1
+        else:
+            bad_steps = 0
+            sampling.pushed(result.adapter_version, policy_version=step)
+        sampling_version = result.adapter_version
+        if settings.eval_every and step % settings.eval_every == 0:
+            metrics.update(periodic_eval(run, sampling_version))
+        metrics_file.write(json.dumps(metrics) + "\n")
+        metrics_file.flush()  # before the checkpoint: a row is never missing from a step a resume skips
+        if settings.save_every and step % settings.save_every == 0:
+            save_checkpoint(run_dir, step, policy, optimizer, scheduler, settings.keep_checkpoints)
+        if tracker is not None:
+            tracker.log({key: value for key, value in metrics.items() if key != "step"}, step=step)
+        if bad_steps >= settings.max_bad_steps:
+            raise SystemExit(
+                f"grpo-math train: error: {bad_steps} steps in a row skipped ({metrics['skip_reason']}); stopping "
+                f"before a bad adapter reaches the server. The last pushed adapter is version {sampling_version}; "
+                f"checkpoints: {run_dir / 'checkpoints'} (--max-bad-steps)"
+            )
+        progress.set_postfix(
+            reward=f"{metrics.get('reward', math.nan):.2f}",
+            format=f"{metrics.get('format_exact_rate', math.nan):.2f}",
+            step_s=f"{metrics['time/step_s']:.1f}",
+        )
 
 
 if __name__ == "__main__":

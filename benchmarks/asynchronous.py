@@ -1,0 +1,182 @@
+"""The ``async`` scenario of ``grpo-math bench``: asynchronous GRPO (``--max-staleness S``) against
+the synchronous loop (S = 0), on this project's server (merge mode) and trainer.
+
+- throughput: completions trained per minute with S = 1 and S = 2 ÷ S = 0, the same settings, runs
+  in turns; with the server and the trainer sharing every core, and with the server on the first
+  core and the trainer on the others (``taskset``), to show what sharing costs;
+- learning: the reward and the strict-format rate by step for S = 0 and S = 1, over seeds,
+  overlaid in one plot (they should agree within the seed-to-seed spread).
+"""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.measure import Figure, Interleaved, ratio_figure
+from benchmarks.training import run_process
+from grpo_math.local_server import LocalServer
+
+
+def trained_run(
+    context, url: str, staleness: int, steps: int, seed: int, cores: list[int] | None, extra=()
+) -> list[dict]:
+    """``grpo-math train --max-staleness S`` for ``steps`` steps; its metrics rows."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [
+            sys.executable,
+            "-m",
+            "grpo_math",
+            "train",
+            "--server-url",
+            url,
+            "--output-dir",
+            run_dir,
+            "--max-steps",
+            str(steps),
+            "--max-staleness",
+            str(staleness),
+            "--seed",
+            str(seed),
+            "--report-to",
+            "none",
+            "--save-every",
+            "0",
+            "--max-completion-length",
+            str(context.async_length),
+            "--learning-rate",
+            "3e-4",
+            "--lr-scheduler-type",
+            "constant",
+            *extra,
+        ]
+        adapter = context.warmup_adapter()
+        if adapter is not None:
+            command += ["--init-adapter", adapter]
+        if cores is not None:
+            command = ["taskset", "-c", ",".join(map(str, cores)), *command]
+        run_process(command, context.output_dir / "async.log", timeout=context.timeout)
+        path = Path(run_dir) / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def completions_per_minute(rows: list[dict], group: int) -> float:
+    measured = rows[1:]  # after the warm-up step
+    return 60 * len(measured) * group / sum(row["time/step_s"] for row in measured)
+
+
+def async_training(context) -> list[Figure]:
+    cores = sorted(os.sched_getaffinity(0))
+    figures, raw = [], {"throughput": {}, "curves": {}}
+    group = 2 * 8  # prompts × completions per step, the trainer's defaults
+    placements = {"shared": (None, None)}
+    if len(cores) >= 2:
+        placements["split"] = (str(cores[0]), cores[1:])
+    for placement, (server_cores, trainer_cores) in placements.items():
+        flags = ["--adapter-mode", "merge", "--max-model-len", "2048"] + (
+            ["--cpu-threads", server_cores] if server_cores else []
+        )
+        with LocalServer(flags, context.output_dir / f"async-{placement}-server.log") as server:
+            rates = Interleaved().run(
+                {
+                    f"S={s}": (
+                        lambda s=s, cores=trainer_cores: completions_per_minute(
+                            trained_run(context, server.url, s, 1 + context.steps, 0, cores), group
+                        )
+                    )
+                    for s in (0, 1, 2)
+                },
+                context.repetitions,
+            )
+        raw["throughput"][placement] = rates
+        note = (
+            "server and trainer on every core"
+            if placement == "shared"
+            else f"server on core {server_cores}, trainer on {trainer_cores}"
+        )
+        for s in (1, 2):
+            figures.append(
+                ratio_figure(
+                    f"async {placement}: completions trained/min, S={s} ÷ S=0",
+                    rates[f"S={s}"],
+                    rates["S=0"],
+                    ">= 1.6",
+                    note=f"{note}; the goal is a GPU box's",
+                )
+            )
+        if placement == "split":
+            figures.append(
+                ratio_figure(
+                    "sync: split cores ÷ shared cores (completions/min, S=0)",
+                    rates["S=0"],
+                    raw["throughput"]["shared"]["S=0"],
+                    None,
+                )
+            )
+
+    with LocalServer(
+        ["--adapter-mode", "merge", "--max-model-len", "2048"], context.output_dir / "async-curves.log"
+    ) as server:
+        for seed in context.async_seeds:
+            for s in (0, 1):
+                rows = trained_run(context, server.url, s, context.async_curve_steps, seed, None)
+                raw["curves"][f"S={s} seed={seed}"] = [
+                    {
+                        key: row.get(key)
+                        for key in (
+                            "step",
+                            "reward",
+                            "format_exact_rate",
+                            "staleness",
+                            "sampler_gap/mean_abs_logprob_diff",
+                            "importance_dropped_fraction",
+                            "time/step_s",
+                        )
+                    }
+                    for row in rows
+                ]
+    context.raw["async"] = raw
+    curves_chart(context, raw["curves"])
+    last = max(1, context.async_curve_steps // 3)
+    finals = {
+        s: [
+            statistics.mean(row["reward"] for row in raw["curves"][f"S={s} seed={seed}"][-last:])
+            for seed in context.async_seeds
+        ]
+        for s in (0, 1)
+    }
+    rounded = {s: [round(v, 2) for v in values] for s, values in finals.items()}
+    note = f"mean reward of the last {last} steps per seed: S=0 {rounded[0]}, S=1 {rounded[1]}"
+    figures.append(
+        ratio_figure(
+            "async: final reward S=1 ÷ S=0, by seed",
+            [v + 10 for v in finals[1]],
+            [v + 10 for v in finals[0]],
+            None,
+            note=note + " (ratios of reward + 10, to stay positive)",
+        )
+    )
+    return figures
+
+
+def curves_chart(context, curves: dict[str, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name, rows in curves.items():
+        colour = "#4878a8" if name.startswith("S=0") else "#c04040"
+        for axis, key in zip(axes, ("reward", "format_exact_rate")):
+            axis.plot([r["step"] for r in rows], [r[key] for r in rows], color=colour, alpha=0.7, label=name)
+    for axis, title in zip(axes, ("reward by step", "strict-format rate by step")):
+        axis.set_title(f"{title} (blue S=0, red S=1)")
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(context.output_dir / "async.png", dpi=100)
+    plt.close(figure)
