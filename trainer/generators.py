@@ -369,11 +369,15 @@ class ServerPool:
         return versions.pop() if len(versions) == 1 else None
 
 
-def connect_generator(kind: str, urls: tuple[str, ...], vllm_adapter_dir: str | None = None, **http) -> Generator:
+def connect_generator(
+    kind: str, urls: tuple[str, ...], vllm_adapter_dir: str | None = None, vllm_adapter_keep: int = 3, **http
+) -> Generator:
     """The generator the settings name: one server, or a pool of several. ``http``: the api_key,
-    ca_bundle and retry_seconds of ``RetryingHttp``."""
+    ca_bundle and retry_seconds of ``RetryingHttp``; ``vllm_adapter_keep``: the versions a vLLM
+    server keeps loaded (the trainer's --max-staleness + 2 when that is more)."""
     if kind == "vllm":
-        members = [VllmServer(url, adapter_dir=vllm_adapter_dir, **http) for url in urls]
+        keep = vllm_adapter_keep
+        members = [VllmServer(url, adapter_dir=vllm_adapter_dir, adapter_keep=keep, **http) for url in urls]
     else:
         members = [GrpoMathServer(url, **http) for url in urls]
     return members[0] if len(members) == 1 else ServerPool(members)

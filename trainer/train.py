@@ -450,6 +450,7 @@ def connect(settings: TrainSettings) -> Generator:
         settings.generator,
         settings.server_url,
         settings.vllm_adapter_dir,
+        vllm_adapter_keep=max(3, settings.max_staleness + 2),  # every version a batch in flight may use
         api_key=settings.api_key(),
         ca_bundle=settings.ca_bundle,
         retry_seconds=settings.server_retry_seconds,
