@@ -62,6 +62,19 @@ def trained_run(
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def mean_of(rows: list[dict], key: str) -> float:
+    """The mean of ``key`` over the rows that have it.
+
+    >>> mean_of([{"gap": 0.1}, {"gap": 0.3}, {}], "gap")
+    0.2
+    """
+    return statistics.mean(row[key] for row in rows if row.get(key) is not None)
+
+
+def rounded(values: list[float]) -> list[float]:
+    return [round(value, 3) for value in values]
+
+
 def completions_per_minute(rows: list[dict], group: int) -> float:
     measured = rows[1:]  # after the warm-up step
     return 60 * len(measured) * group / sum(row["time/step_s"] for row in measured)
@@ -72,7 +85,7 @@ def async_training(context) -> list[Figure]:
     figures, raw = [], {"throughput": {}, "curves": {}}
     group = 2 * 8  # prompts × completions per step, the trainer's defaults
     placements = {"shared": (None, None)}
-    if len(cores) >= 2:
+    if len(cores) >= 2 and not context.quick:
         placements["split"] = (str(cores[0]), cores[1:])
     for placement, (server_cores, trainer_cores) in placements.items():
         flags = ["--adapter-mode", "merge", "--max-model-len", "2048"] + (
@@ -86,7 +99,7 @@ def async_training(context) -> list[Figure]:
                             trained_run(context, server.url, s, 1 + context.steps, 0, cores), group
                         )
                     )
-                    for s in (0, 1, 2)
+                    for s in context.async_staleness
                 },
                 context.repetitions,
             )
@@ -96,7 +109,7 @@ def async_training(context) -> list[Figure]:
             if placement == "shared"
             else f"server on core {server_cores}, trainer on {trainer_cores}"
         )
-        for s in (1, 2):
+        for s in context.async_staleness[1:]:
             figures.append(
                 ratio_figure(
                     f"async {placement}: completions trained/min, S={s} ÷ S=0",
@@ -139,6 +152,22 @@ def async_training(context) -> list[Figure]:
                 ]
     context.raw["async"] = raw
     curves_chart(context, raw["curves"])
+    for key, what in (
+        ("sampler_gap/mean_abs_logprob_diff", "sampler–trainer gap (mean |Δ logprob|)"),
+        ("importance_dropped_fraction", "sequences the importance cap drops"),
+    ):
+        by_seed = {
+            s: [mean_of(raw["curves"][f"S={s} seed={seed}"], key) for seed in context.async_seeds] for s in (0, 1)
+        }
+        figures.append(
+            ratio_figure(
+                f"async: {what}, S=1 ÷ S=0, by seed",
+                [value + 1e-3 for value in by_seed[1]],
+                [value + 1e-3 for value in by_seed[0]],
+                None,
+                note=f"means per seed: S=0 {rounded(by_seed[0])}, S=1 {rounded(by_seed[1])} (+1e-3 in the ratio)",
+            )
+        )
     last = max(1, context.async_curve_steps // 3)
     finals = {
         s: [
@@ -147,8 +176,7 @@ def async_training(context) -> list[Figure]:
         ]
         for s in (0, 1)
     }
-    rounded = {s: [round(v, 2) for v in values] for s, values in finals.items()}
-    note = f"mean reward of the last {last} steps per seed: S=0 {rounded[0]}, S=1 {rounded[1]}"
+    note = f"mean reward of the last {last} steps per seed: S=0 {rounded(finals[0])}, S=1 {rounded(finals[1])}"
     figures.append(
         ratio_figure(
             "async: final reward S=1 ÷ S=0, by seed",

@@ -145,6 +145,11 @@ class Context:
         return 32 if self.quick else 256
 
     @property
+    def async_staleness(self) -> tuple[int, ...]:
+        """The --max-staleness values of the throughput runs (the first is the baseline)."""
+        return (0, 1) if self.quick else (0, 1, 2)
+
+    @property
     def async_seeds(self) -> tuple[int, ...]:
         return (1,) if self.quick else (1, 2, 3)
 
