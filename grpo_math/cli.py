@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("trainer.evaluate", "GSM8K test accuracy of the base model and adapters, with intervals and a chart"),
     "report": ("trainer.report", "render a run's curves (rewards, format rate, lengths, timing) to PNGs"),
     "demo": ("grpo_math.demo", "the CPU demo: server, format warm-up, GRPO, report (what `make demo` runs)"),
+    "study": ("grpo_math.study", "does GRPO teach the maths? long runs over seeds, test accuracy with intervals"),
     "bench": ("benchmarks.bench", "throughput and memory against the peers, as ratios measured side by side"),
     "embedded-model": ("grpo_math.cli", "print the embedded CPU model's folder, converting it on first use"),
     "nf4-copy": ("grpo_math.cli", "print the folder of a model's nf4-dequantized copy (what a sampler should serve)"),
