@@ -3,6 +3,7 @@ its adapter back to it after every step.
 
 One step (``train_step``), in order:
   1. sample      the server samples G completions for each of P GSM8K questions with adapter v_k
+                 (with --max-staleness: the batch a producer thread sampled ahead is taken)
   2. score       the four rewards of ``shared/rewards.py``, summed with their weights
   3. advantages  (r − group mean) / (group std + 1e-4) within each question's group
   4. loss        the clipped policy loss of TRL 1.16 (``dapo`` by default) on the 4-bit LoRA policy,
@@ -545,14 +546,13 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
     steps = range(completed_step + 1, settings.max_steps + 1)
     sampling = Sampling(run, policy, version=first_version, policy_version=completed_step)
     if settings.max_staleness > 0:  # batches in flight at a resume are sampled again
-        producer = BatchProducer(
+        sampling.producer = BatchProducer(
             lambda step, version: sample(run, step, version),
             steps,
             settings.max_staleness,
             first_version,
             completed_step,
         )
-        sampling.producer = producer
     progress = tqdm(steps, initial=completed_step, total=settings.max_steps, desc="GRPO")
     try:
         with open(run_dir / "metrics.jsonl", "a") as metrics_file:
