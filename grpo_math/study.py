@@ -40,7 +40,8 @@ ACCURACIES = ("strict_accuracy", "lenient_accuracy", "strict_format_rate")
 # What went wrong in an answer, one kind each, in this order of precedence.
 FAILURE_KINDS = (
     "correct",  # strict format, right number
-    "truncated",  # cut off at the token limit
+    "truncated, looping",  # cut off at the token limit while repeating itself
+    "truncated",  # cut off at the token limit otherwise
     "format, wrong number",  # the strict format, another number in <SOLUTION>
     "right number, no format",  # the last number is right, the strict format is missing
     "no format, wrong number",
@@ -126,8 +127,17 @@ def eval_settings(study: StudySettings, server_url: str, output_dir: Path, adapt
 # ---- what the study reports -------------------------------------------------------------------
 
 
+def looping(text: str, tail: int = 100) -> bool:
+    """Its last ``tail`` characters occur earlier in the text too: stuck repeating itself.
+
+    >>> looping("So 3 + 4 = 7. " * 20), looping("The answer is 7.")
+    (True, False)
+    """
+    return len(text) > 2 * tail and text[-tail:] in text[:-tail]
+
+
 def failure_kind(row: dict) -> str:
-    """One completion's verdicts (``trainer.evaluation.verdicts``) → what went wrong.
+    """One completion's row (``trainer.evaluation.verdicts`` and its text) → what went wrong.
 
     >>> failure_kind({"strict_correct": False, "truncated": False, "strict_format": False, "lenient_correct": True})
     'right number, no format'
@@ -135,7 +145,7 @@ def failure_kind(row: dict) -> str:
     if row["strict_correct"]:
         return "correct"
     if row["truncated"]:
-        return "truncated"
+        return "truncated, looping" if looping(row.get("completion", "")) else "truncated"
     if row["strict_format"]:
         return "format, wrong number"
     return "right number, no format" if row["lenient_correct"] else "no format, wrong number"
@@ -260,25 +270,29 @@ def run_study(study: StudySettings) -> Path:
     (study_dir / "settings.json").write_text(json.dumps(asdict(study), indent=2) + "\n")
     server = LocalServer([], study_dir / "server.log")
     print(f"study {study_dir}: server {server.url} (log {server.log_path})", flush=True)
-    seeds = {}
     with server:
         print(f"base model, {study.base_max_tokens} tokens, {study.questions} questions", flush=True)
         run_eval(eval_settings(study, server.url, study_dir / "base", adapter=None))
-        base = final_metrics(study_dir / "base")
         for seed in study.seeds:
             seed_dir = study_dir / f"seed-{seed}"
             print(f"seed {seed}: warm-up ({study.sft_steps} steps), GRPO ({study.grpo_steps} steps)", flush=True)
             run_sft(warmup_settings(study, seed_dir, seed))
             train(grpo_settings(study, seed_dir, seed, server.url))
             run_eval(eval_settings(study, server.url, seed_dir / "eval", adapter=str(seed_dir / "grpo" / "final")))
-            seeds[str(seed)] = final_metrics(seed_dir / "eval")
+    print(write_report(study_dir, study))
+    return study_dir
+
+
+def write_report(study_dir: Path, study: StudySettings) -> str:
+    """study.json, curves.png and results.md from the study's folders; returns the table."""
+    base = final_metrics(study_dir / "base")
+    seeds = {str(seed): final_metrics(study_dir / f"seed-{seed}" / "eval") for seed in study.seeds}
     result = {"settings": asdict(study), "base": base, "seeds": seeds}
     (study_dir / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     curves_chart(study_dir, study.seeds, base)
     table = results_table({study_dir.name: result})
     (study_dir / "results.md").write_text(table + "\nFailure kinds of the final answers:\n\n" + kinds_table(result))
-    print(table)
-    return study_dir
+    return table
 
 
 def kinds_table(result: dict) -> str:

@@ -17,7 +17,10 @@ def rate(value: float, low: float, high: float) -> dict:
 def test_each_completion_gets_exactly_one_failure_kind():
     verdicts = [
         dict(strict_correct=True, truncated=False, strict_format=True, lenient_correct=True),
-        dict(strict_correct=False, truncated=True, strict_format=False, lenient_correct=True),
+        dict(
+            strict_correct=False, truncated=True, strict_format=False, lenient_correct=True, completion="7 = 7. " * 50
+        ),
+        dict(strict_correct=False, truncated=True, strict_format=False, lenient_correct=True, completion="7 = 7."),
         dict(strict_correct=False, truncated=False, strict_format=True, lenient_correct=True),
         dict(strict_correct=False, truncated=False, strict_format=False, lenient_correct=True),
         dict(strict_correct=False, truncated=False, strict_format=False, lenient_correct=False),
