@@ -42,7 +42,8 @@ FAILURE_KINDS = (
     "correct",  # strict format, right number
     "truncated, looping",  # cut off at the token limit while repeating itself
     "truncated",  # cut off at the token limit otherwise
-    "format, wrong number",  # the strict format, another number in <SOLUTION>
+    "format, a number of the question",  # the strict format, <SOLUTION> repeats a number the question gives
+    "format, wrong number",  # the strict format, another wrong number in <SOLUTION>
     "right number, no format",  # the last number is right, the strict format is missing
     "no format, wrong number",
 )
@@ -136,6 +137,17 @@ def looping(text: str, tail: int = 100) -> bool:
     return len(text) > 2 * tail and text[-tail:] in text[:-tail]
 
 
+def copied(row: dict) -> bool:
+    """The ``<SOLUTION>`` answer is one of the numbers the question gives.
+
+    >>> copied({"question": "Tom has 1,200 apples and eats 3.", "strict_answer": "1200"})
+    True
+    """
+    from trainer.evaluation import NUMBER, normalise_answer_text
+
+    return row["strict_answer"] in {normalise_answer_text(number) for number in NUMBER.findall(row["question"])}
+
+
 def failure_kind(row: dict) -> str:
     """One completion's row (``trainer.evaluation.verdicts`` and its text) → what went wrong.
 
@@ -147,7 +159,7 @@ def failure_kind(row: dict) -> str:
     if row["truncated"]:
         return "truncated, looping" if looping(row.get("completion", "")) else "truncated"
     if row["strict_format"]:
-        return "format, wrong number"
+        return "format, a number of the question" if copied(row) else "format, wrong number"
     return "right number, no format" if row["lenient_correct"] else "no format, wrong number"
 
 

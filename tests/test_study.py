@@ -21,7 +21,22 @@ def test_each_completion_gets_exactly_one_failure_kind():
             strict_correct=False, truncated=True, strict_format=False, lenient_correct=True, completion="7 = 7. " * 50
         ),
         dict(strict_correct=False, truncated=True, strict_format=False, lenient_correct=True, completion="7 = 7."),
-        dict(strict_correct=False, truncated=False, strict_format=True, lenient_correct=True),
+        dict(
+            strict_correct=False,
+            truncated=False,
+            strict_format=True,
+            lenient_correct=False,
+            question="A 5 B",
+            strict_answer="5",
+        ),
+        dict(
+            strict_correct=False,
+            truncated=False,
+            strict_format=True,
+            lenient_correct=True,
+            question="A 5 B",
+            strict_answer="6",
+        ),
         dict(strict_correct=False, truncated=False, strict_format=False, lenient_correct=True),
         dict(strict_correct=False, truncated=False, strict_format=False, lenient_correct=False),
     ]
