@@ -237,6 +237,8 @@ class GeneratorEngine:
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         prompt_ids = [self.prompt_token_ids(prompt) for prompt in request.prompts]
         for index, ids in enumerate(prompt_ids):
+            if not ids:  # vLLM refuses an empty prompt with an exception of its own
+                raise BadPrompt(f"prompt {index} is empty: it has no tokens to continue")
             if len(ids) + request.max_tokens > self.settings.max_model_len:
                 raise BadPrompt(
                     f"prompt {index} has {len(ids)} tokens; with max_tokens {request.max_tokens} that exceeds "
