@@ -17,7 +17,7 @@ study (``--num-generations 16``, ``--max-completion-length 512``, ``--learning-r
 The goal: strict accuracy after GRPO above the base model's lenient accuracy (the last number of
 its answer, whatever the format), its interval clear of the base's, on every seed.
 
-    grpo-math study                                   # runs/study-<time>/, about an hour per seed on 2 cores
+    grpo-math study                                   # runs/study-<time>/, ≈ 50 min per seed on 2 cores
     grpo-math study --num-generations 16 --output-dir runs/study-g16
     grpo-math study --compare runs/study-a runs/study-g16   # one table of finished studies
     grpo-math study --quick                           # a few steps, one seed, 8 questions (the slow test)

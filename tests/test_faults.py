@@ -97,7 +97,8 @@ def test_the_server_killed_and_restarted_mid_run_loses_no_step(tmp_path):
     rows = metrics(tmp_path / "run")
     assert_each_step_once_in_order(rows, 6)
     log = (tmp_path / "train.log").read_text()
-    assert "retry" in log and "pushed the current adapter again" in log  # backoff was logged; the restarted server got the adapter
+    # the backoff was logged, and the restarted server got the adapter again
+    assert "retry" in log and "pushed the current adapter again" in log
     assert GrpoMathServer(second.url).active_version() == rows[-1]["sampled_with_adapter"] + 1
     second.stop()
 
