@@ -8,58 +8,34 @@ the synchronous loop (S = 0), on this project's server (merge mode) and trainer.
   overlaid in one plot (they should agree within the seed-to-seed spread).
 """
 
-import json
 import os
 import statistics
-import sys
-import tempfile
-from pathlib import Path
 
 from benchmarks.measure import Figure, Interleaved, ratio_figure
-from benchmarks.training import run_process
+from benchmarks.training import train_metrics
 from grpo_math.local_server import LocalServer
 
 
-def trained_run(
-    context, url: str, staleness: int, steps: int, seed: int, cores: list[int] | None, extra=()
-) -> list[dict]:
+def trained_run(context, url: str, staleness: int, steps: int, seed: int, cores: list[int] | None) -> list[dict]:
     """``grpo-math train --max-staleness S`` for ``steps`` steps; its metrics rows."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        command = [
-            sys.executable,
-            "-m",
-            "grpo_math",
-            "train",
-            "--server-url",
-            url,
-            "--output-dir",
-            run_dir,
-            "--max-steps",
-            str(steps),
-            "--max-staleness",
-            str(staleness),
-            "--seed",
-            str(seed),
-            "--report-to",
-            "none",
-            "--save-every",
-            "0",
-            "--max-completion-length",
-            str(context.async_length),
-            "--learning-rate",
-            "3e-4",
-            "--lr-scheduler-type",
-            "constant",
-            *extra,
-        ]
-        adapter = context.warmup_adapter()
-        if adapter is not None:
-            command += ["--init-adapter", adapter]
-        if cores is not None:
-            command = ["taskset", "-c", ",".join(map(str, cores)), *command]
-        run_process(command, context.output_dir / "async.log", timeout=context.timeout)
-        path = Path(run_dir) / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    flags = [
+        "--max-steps",
+        str(steps),
+        "--max-staleness",
+        str(staleness),
+        "--seed",
+        str(seed),
+        "--max-completion-length",
+        str(context.async_length),
+        "--learning-rate",
+        "3e-4",
+        "--lr-scheduler-type",
+        "constant",
+    ]
+    adapter = context.warmup_adapter()
+    if adapter is not None:
+        flags += ["--init-adapter", adapter]
+    return train_metrics(context, url, flags, "async.log", cores) or []
 
 
 def mean_of(rows: list[dict], key: str) -> float | None:

@@ -41,8 +41,12 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line[3:]) for line in text.splitlines() if line.startswith("@@ ")]
 
 
-def ours(context, url: str, length: int, adapter: str | None) -> dict:
-    """``grpo-math train`` against ``url`` for a warm-up step and the measured ones."""
+def train_metrics(
+    context, url: str, flags: list[str], log_name: str, cores: list[int] | None = None
+) -> list[dict] | None:
+    """``grpo-math train --server-url URL FLAGS`` into a temporary folder, without trackio or
+    checkpoints (on ``cores`` only, where given); its metrics rows, or None where it wrote none
+    (its output is in ``log_name`` under the bench's folder)."""
     with tempfile.TemporaryDirectory() as run_dir:
         command = [
             sys.executable,
@@ -53,24 +57,28 @@ def ours(context, url: str, length: int, adapter: str | None) -> dict:
             url,
             "--output-dir",
             run_dir,
-            "--max-steps",
-            str(1 + context.steps),
-            "--max-completion-length",
-            str(length),
             "--report-to",
             "none",
             "--save-every",
             "0",
-            "--server-timeout",
-            "120",
+            *flags,
         ]
-        if adapter is not None:
-            command += ["--init-adapter", adapter]
-        run_process(command, context.output_dir / "ours.log", timeout=context.timeout)
-        metrics = Path(run_dir) / "metrics.jsonl"
-        if not metrics.exists():
-            return {"error": f"grpo-math train wrote no metrics; see {context.output_dir / 'ours.log'}"}
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()][1:]  # after the warm-up step
+        if cores is not None:
+            command = ["taskset", "-c", ",".join(map(str, cores)), *command]
+        run_process(command, context.output_dir / log_name, timeout=context.timeout)
+        path = Path(run_dir) / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else None
+
+
+def ours(context, url: str, length: int, adapter: str | None) -> dict:
+    """``grpo-math train`` against ``url`` for a warm-up step and the measured ones."""
+    flags = ["--max-steps", str(1 + context.steps), "--max-completion-length", str(length), "--server-timeout", "120"]
+    if adapter is not None:
+        flags += ["--init-adapter", adapter]
+    rows = train_metrics(context, url, flags, "ours.log")
+    if rows is None:
+        return {"error": f"grpo-math train wrote no metrics; see {context.output_dir / 'ours.log'}"}
+    rows = rows[1:]  # after the warm-up step
     return {
         "steps": [row["time/step_s"] for row in rows],
         "split": {
