@@ -376,8 +376,9 @@ def connect_generator(
     ca_bundle and retry_seconds of ``RetryingHttp``; ``vllm_adapter_keep``: the versions a vLLM
     server keeps loaded (the trainer's --max-staleness + 2 when that is more)."""
     if kind == "vllm":
-        keep = vllm_adapter_keep
-        members = [VllmServer(url, adapter_dir=vllm_adapter_dir, adapter_keep=keep, **http) for url in urls]
+        members = [
+            VllmServer(url, adapter_dir=vllm_adapter_dir, adapter_keep=vllm_adapter_keep, **http) for url in urls
+        ]
     else:
         members = [GrpoMathServer(url, **http) for url in urls]
     return members[0] if len(members) == 1 else ServerPool(members)
