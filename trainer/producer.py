@@ -57,9 +57,9 @@ class BatchProducer:
         self.missing_version.clear()
         self.version_pushed.set()
 
-    def take(self, step: int, restore: Callable[[], tuple[int, int]]) -> SampledBatch:
-        """The batch of ``step``, waiting for it; ``restore()`` pushes the policy's adapter again
-        (trainer thread) when the server has lost the version the producer asks for."""
+    def take(self, step: int, restore: Callable[[], None]) -> SampledBatch:
+        """The batch of ``step``, waiting for it; ``restore()`` pushes the policy's adapter again and
+        publishes it (trainer thread) when the server has lost the version the producer asks for."""
         while True:
             try:
                 batch = self.batches.get(timeout=1.0)
@@ -70,7 +70,7 @@ class BatchProducer:
                 if self.error is not None:
                     raise self.error from None
                 if self.missing_version.is_set():
-                    self.publish(*restore())
+                    restore()
 
     def close(self) -> None:
         self.stopping.set()

@@ -132,12 +132,12 @@ class Sampling:
             self.restore()
             return SampledBatch(step, sample(self.run, step, self.version), self.version, self.policy_version)
 
-    def restore(self) -> tuple[int, int]:
+    def restore(self) -> None:
         """Push the policy's current adapter again (the trainer's thread: the policy has not changed
-        since the newest version was pushed); returns (its new version, its policy version)."""
-        self.version = self.run.generator.push_adapter(adapter_upload(self.policy, version="next")).version
-        logger.warning("pushed the current adapter again as version %s", self.version)
-        return self.version, self.policy_version
+        since the newest version was pushed); later batches, the producer's too, sample with it."""
+        version = self.run.generator.push_adapter(adapter_upload(self.policy, version="next")).version
+        logger.warning("pushed the current adapter again as version %s", version)
+        self.pushed(version, self.policy_version)
 
     def pushed(self, version: int, policy_version: int) -> None:
         self.version, self.policy_version = version, policy_version
