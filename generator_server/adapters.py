@@ -26,6 +26,10 @@ class AdapterRejected(ValueError):
     """The pushed adapter is not one this server can load; the message says why."""
 
 
+class UnknownAdapterVersion(LookupError):
+    """A request asked for an adapter version this server does not serve (any more)."""
+
+
 def linear_layer_shapes(model_path: str) -> dict[str, tuple[int, int]]:
     """``{module name: (in_features, out_features)}`` for every linear layer inside the decoder
     layers, from the model's config alone (built on the meta device: no weights are read)."""

@@ -13,8 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from generator_server.adapters import AdapterRejected
-from generator_server.engine import BadPrompt, GeneratorEngine, UnknownAdapterVersion, VersionConflict
+from generator_server.adapters import AdapterRejected, UnknownAdapterVersion
+from generator_server.engine import BadPrompt, GeneratorEngine
+from generator_server.merge_mode import VersionsKeptSwitching
 from generator_server.settings import ServerSettings
 from shared.models import resolve_model
 from shared.protocol import (
@@ -26,6 +27,7 @@ from shared.protocol import (
     GenerateResponse,
     HealthResponse,
 )
+from shared.versions import VersionConflict
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
         (BadPrompt, 400),
         (UnknownAdapterVersion, 404),
         (VersionConflict, 409),
+        (VersionsKeptSwitching, 409),
     ):
         app.add_exception_handler(error_type, _error_handler(status))
     return app

