@@ -48,15 +48,8 @@ def main() -> int:
         torch.cuda.reset_peak_memory_stats()
     for chunk in micro_batches(sequences, args.micro_batch):
         batch = collate(chunk, pad_token_id=0, device=device)
-        logps, _ = completion_logprobs(
-            policy,
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            completion_positions=batch["completion_positions"],
-            completion_mask=batch["completion_mask"],
-            temperature=1.0,
-        )
-        (-(logps * batch["completion_mask"]).sum() / batch["completion_mask"].sum()).backward()
+        logps, _ = completion_logprobs(policy, batch, temperature=1.0)
+        (-(logps * batch.completion_mask).sum() / batch.completion_mask.sum()).backward()
     result = {
         "load_in_4bit": args.load_in_4bit,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

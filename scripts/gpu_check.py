@@ -107,25 +107,22 @@ def main() -> int:
         for prompt, completion, advantage in ((40, 200, 1.0), (40, 150, -1.0), (40, 90, 0.5), (40, 30, -0.5))
     ]
     batch = collate(sequences, pad_token_id=0, device=device)
-    inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "completion_positions", "completion_mask")}
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    logps, _ = completion_logprobs(policy, **inputs, temperature=0.9, chunk_tokens=128)  # (B, T)
+    logps, _ = completion_logprobs(policy, batch, temperature=0.9, chunk_tokens=128)  # (B, T)
     with torch.no_grad():
         causal_lm = policy.get_base_model()
-        hidden = causal_lm.base_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state
+        hidden = causal_lm.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         full = torch.log_softmax(hidden.float() @ causal_lm.lm_head.weight.float().T / 0.9, dim=-1)  # (B, L, V)
-        scored = batch["completion_positions"][:, 1:]
-        expected = full[:, :-1][scored].gather(1, batch["input_ids"][:, 1:][scored][:, None])[:, 0]
-    difference = (logps.detach()[batch["completion_mask"]] - expected).abs().max().item()
+        scored = batch.completion_positions[:, 1:]
+        expected = full[:, :-1][scored].gather(1, batch.input_ids[:, 1:][scored][:, None])[:, 0]
+    difference = (logps.detach()[batch.completion_mask] - expected).abs().max().item()
     check(results, "chunked logprobs = full log-softmax", difference < 1e-3, max_abs_difference=difference)
 
-    mask = batch["completion_mask"].float()
+    mask = batch.completion_mask.float()
     normaliser = Normaliser(sequences=4, tokens=int(mask.sum()), max_completion_length=256)
-    loss = policy_loss(logps, batch["advantages"], mask, normaliser, LossConfig("dapo"))
+    loss = policy_loss(logps, batch.advantages, mask, normaliser, LossConfig("dapo"))
     loss.backward()
     trainable_parameters = [p for p in policy.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trainable_parameters]

@@ -17,9 +17,10 @@ from trackio.utils import TRACKIO_DIR
 from shared.models import embedded_model_dir
 from shared.rewards import WeightedReward
 from tests.conftest import start_server, stop_server
+from trainer.batching import question_indices
 from trainer.generators import GrpoMathServer
 from trainer.settings import TrainSettings
-from trainer.train import question_indices, train
+from trainer.train import TrainingError, train
 
 pytestmark = pytest.mark.slow
 
@@ -158,9 +159,9 @@ def test_eval_of_the_base_model_and_a_pushed_adapter_writes_outputs_that_recompu
                 "--compare",
                 "--adapter",
                 str(adapter),
-                "--limit",
+                "--eval-limit",
                 "8",
-                "--max-tokens",
+                "--max-completion-length",
                 "64",
                 "--output-dir",
                 str(output),
@@ -224,9 +225,9 @@ def test_an_evaluation_pushed_mid_run_does_not_disturb_training(server_url, tmp_
                     server_url,
                     "--adapter",
                     str(adapter),
-                    "--limit",
+                    "--eval-limit",
                     "2",
-                    "--max-tokens",
+                    "--max-completion-length",
                     "16",
                     "--output-dir",
                     str(output),
@@ -267,7 +268,7 @@ def test_steps_that_keep_failing_stop_the_run_before_a_bad_adapter_is_pushed(ser
 
     before = GrpoMathServer(server_url).active_version()
     settings = settings_for(server_url, tmp_path / "run", max_steps=6, save_every=0, report_to="none", max_bad_steps=3)
-    with pytest.raises(SystemExit, match="3 steps in a row skipped \\(NaN/Inf rewards\\)"):
+    with pytest.raises(TrainingError, match="3 steps in a row skipped \\(NaN/Inf rewards\\)"):
         train(settings, rewards=(WeightedReward(always_nan),))
     assert len(read_metrics(tmp_path / "run")) == 3
     assert GrpoMathServer(server_url).active_version() == before  # nothing was pushed

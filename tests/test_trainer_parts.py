@@ -13,10 +13,9 @@ from safetensors.torch import load as load_safetensors
 from generator_server.adapters import check_adapter, linear_layer_shapes
 from shared.models import embedded_model_dir
 from shared.settings import parse_settings
-from trainer.batching import Sequence, collate, micro_batches
+from trainer.batching import Sequence, collate, micro_batches, question_indices
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
 from trainer.settings import TrainSettings
-from trainer.train import question_indices
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +49,12 @@ def test_chunked_logprobs_equal_a_full_log_softmax_and_reach_lora(policy):
         Sequence([5, 6], [12, 13, 14, 15, 2], [-1.0] * 5, -1.0),
     ]
     batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"))
-    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11], [5, 6, 12, 13, 14, 15, 2]]
-    assert batch["completion_mask"].tolist() == [[True, True, True, False, False], [True] * 5]
-    logps, entropies = completion_logprobs(
-        policy,
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        completion_positions=batch["completion_positions"],
-        completion_mask=batch["completion_mask"],
-        temperature=0.7,
-        chunk_tokens=3,
-    )
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9, 10, 11], [5, 6, 12, 13, 14, 15, 2]]
+    assert batch.completion_mask.tolist() == [[True, True, True, False, False], [True] * 5]
+    logps, entropies = completion_logprobs(policy, batch, temperature=0.7, chunk_tokens=3)
     with torch.no_grad():
         causal_lm = policy.get_base_model()
-        hidden = causal_lm.base_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state
+        hidden = causal_lm.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         full = torch.log_softmax(hidden.float() @ causal_lm.lm_head.weight.float().T / 0.7, dim=-1)  # (B, L, vocab)
     expected = torch.zeros(2, 5)
     for row, sequence in enumerate(sequences):
@@ -75,7 +64,7 @@ def test_chunked_logprobs_equal_a_full_log_softmax_and_reach_lora(policy):
     assert torch.allclose(logps.detach(), expected, atol=1e-5)
     probabilities = full.exp()
     assert entropies[1, 0].item() == pytest.approx(-(probabilities[1, 1] * full[1, 1]).sum().item(), rel=1e-4)
-    (logps * batch["completion_mask"]).sum().backward()
+    (logps * batch.completion_mask).sum().backward()
     lora_b_grads = [p.grad for name, p in policy.named_parameters() if "lora_B" in name]
     assert len(lora_b_grads) == 60 and all(g is not None and g.abs().sum() > 0 for g in lora_b_grads)
     policy.zero_grad(set_to_none=True)

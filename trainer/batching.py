@@ -1,9 +1,31 @@
-"""A step's sampled completions as the trainer batches them: one ``Sequence`` per completion,
-micro-batches of similar length, and the right-padded tensors of one micro-batch. Pure torch."""
+"""What a step trains on: which questions (a seeded order, reshuffled every epoch), one ``Sequence``
+per sampled completion, micro-batches of similar length, and the right-padded tensors of one
+micro-batch (``MicroBatch``). Pure Python and torch."""
 
-from dataclasses import dataclass
+import functools
+import random
+from dataclasses import dataclass, fields
 
 import torch
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    return random.Random(seed * 1_000_003 + epoch).sample(range(size), size)
+
+
+def question_indices(step: int, per_step: int, size: int, seed: int) -> list[int]:
+    """Which of the ``size`` questions step ``step`` trains on: a seeded shuffle, reshuffled every
+    epoch. A function of (seed, step) alone, so a resumed run continues the same order.
+
+    >>> question_indices(1, 2, 10, seed=0), question_indices(6, 2, 10, seed=0)  # step 6 starts epoch 2
+    ([6, 9], [2, 1])
+    """
+    indices = []
+    for position in range((step - 1) * per_step, step * per_step):
+        epoch, index = divmod(position, size)
+        indices.append(_epoch_order(size, seed, epoch)[index])
+    return indices
 
 
 @dataclass(frozen=True)
@@ -16,32 +38,45 @@ class Sequence:
     advantage: float
 
 
+@dataclass(frozen=True)
+class MicroBatch:
+    """B sequences, right-padded: L = the longest prompt + completion, T = the longest completion."""
+
+    input_ids: torch.Tensor  # (B, L) prompt + completion token ids
+    attention_mask: torch.Tensor  # (B, L) 1 on tokens, 0 on padding
+    completion_positions: torch.Tensor  # (B, L) True where a completion token sits
+    completion_mask: torch.Tensor  # (B, T) True for the first len(completion_i) entries of row i
+    sampler_logprobs: torch.Tensor  # (B, T) the sampler's log π of each completion token, 0 on padding
+    advantages: torch.Tensor  # (B,)
+
+    def to(self, device: torch.device) -> "MicroBatch":
+        return MicroBatch(**{field.name: getattr(self, field.name).to(device) for field in fields(self)})
+
+
 def micro_batches(sequences: list[Sequence], size: int) -> list[list[Sequence]]:
     """Sequences sorted by length, then cut into micro-batches: little padding in each."""
     ordered = sorted(sequences, key=lambda s: len(s.prompt_token_ids) + len(s.completion_token_ids))
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
-def collate(sequences: list[Sequence], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors of one micro-batch: B sequences, L = longest prompt + completion,
-    T = longest completion."""
+def collate(sequences: list[Sequence], pad_token_id: int, device: torch.device) -> MicroBatch:
+    """The right-padded tensors of one micro-batch, on ``device``."""
+    count = len(sequences)
     longest = max(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in sequences)
     longest_completion = max(len(s.completion_token_ids) for s in sequences)
-    batch = {
-        "input_ids": torch.full((len(sequences), longest), pad_token_id, dtype=torch.long),  # (B, L)
-        "attention_mask": torch.zeros(len(sequences), longest, dtype=torch.long),  # (B, L)
-        "completion_positions": torch.zeros(len(sequences), longest, dtype=torch.bool),  # (B, L)
-        "completion_mask": torch.zeros(len(sequences), longest_completion, dtype=torch.bool),  # (B, T)
-        "sampler_logps": torch.zeros(len(sequences), longest_completion),  # (B, T)
-        "advantages": torch.tensor([s.advantage for s in sequences]),  # (B,)
-    }
+    input_ids = torch.full((count, longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(count, longest, dtype=torch.long)
+    completion_positions = torch.zeros(count, longest, dtype=torch.bool)
+    completion_mask = torch.zeros(count, longest_completion, dtype=torch.bool)
+    sampler_logprobs = torch.zeros(count, longest_completion)
     for row, sequence in enumerate(sequences):
         prompt, completion = len(sequence.prompt_token_ids), len(sequence.completion_token_ids)
-        batch["input_ids"][row, : prompt + completion] = torch.tensor(
-            sequence.prompt_token_ids + sequence.completion_token_ids
-        )
-        batch["attention_mask"][row, : prompt + completion] = 1
-        batch["completion_positions"][row, prompt : prompt + completion] = True
-        batch["completion_mask"][row, :completion] = True
-        batch["sampler_logps"][row, :completion] = torch.tensor(sequence.sampler_logprobs)
-    return {name: tensor.to(device) for name, tensor in batch.items()}
+        input_ids[row, : prompt + completion] = torch.tensor(sequence.prompt_token_ids + sequence.completion_token_ids)
+        attention_mask[row, : prompt + completion] = 1
+        completion_positions[row, prompt : prompt + completion] = True
+        completion_mask[row, :completion] = True
+        sampler_logprobs[row, :completion] = torch.tensor(sequence.sampler_logprobs)
+    advantages = torch.tensor([s.advantage for s in sequences])
+    return MicroBatch(
+        input_ids, attention_mask, completion_positions, completion_mask, sampler_logprobs, advantages
+    ).to(device)

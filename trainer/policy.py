@@ -3,8 +3,8 @@ from it: per-token log-probabilities of given completions, and the adapter as PE
 
 Log-probabilities are computed only at completion positions and in chunks: the hidden states of
 the scored tokens go through the LM head ``chunk_tokens`` rows at a time in fp32, under activation
-checkpointing, so neither the full ``(B, L, vocab)`` logits nor a full log-softmax ever exist (on
-the 49k-vocabulary embedded model those dominated memory: 11 GB for 16 × 400 tokens).
+checkpointing, so neither the full ``(B, L, vocab)`` logits nor a full log-softmax ever exist
+(with a large vocabulary they dominate the trainer's memory; docs/performance.md has the figures).
 """
 
 import logging
@@ -17,13 +17,14 @@ from torch.utils.checkpoint import checkpoint
 
 from shared.models import nf4_quantization_config
 from shared.protocol import AdapterUpload
+from trainer.batching import MicroBatch
 
 logger = logging.getLogger(__name__)
 
 
 def compute_dtype_for(device: torch.device) -> torch.dtype:
-    """fp16 on GPU, as the recipe; bf16 on CPU. Measured on 2 cores (16 × 400 tokens, forward +
-    backward, micro-batch 4): nf4 + bf16 compute 24.5 s vs fp32 + LoRA 33.5 s, at lower memory."""
+    """fp16 on GPU, as the recipe; bf16 on CPU (faster than fp32 there, at lower memory: see
+    docs/performance.md)."""
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
@@ -83,28 +84,18 @@ def _chunk_logprobs_and_entropy(
 
 
 def completion_logprobs(
-    policy: PeftModel,
-    *,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_positions: torch.Tensor,
-    completion_mask: torch.Tensor,
-    temperature: float,
-    chunk_tokens: int = 1024,
+    policy: PeftModel, batch: MicroBatch, temperature: float, chunk_tokens: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities and entropies of the completion tokens.
-
-    ``input_ids``, ``attention_mask``, ``completion_positions``: (B, L) prompt + completion,
-    right-padded; ``completion_positions`` is True where a completion token sits.
-    ``completion_mask``: (B, T) True for the first ``len(completion_i)`` entries of row i.
-    Returns two (B, T) tensors, zero on padding: log π(token) after temperature (with gradient)
-    and the entropy of π at that position (without).
-    """
+    """Log-probabilities and entropies of ``batch``'s completion tokens: two (B, T) tensors, zero on
+    padding: log π(token) after temperature (with gradient) and the entropy of π at that position
+    (without)."""
     causal_lm = policy.get_base_model()
-    hidden = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-    scored = completion_positions[:, 1:]  # token t is predicted from the hidden state at t − 1
+    hidden = causal_lm.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).last_hidden_state  # (B, L, H)
+    scored = batch.completion_positions[:, 1:]  # token t is predicted from the hidden state at t − 1
     predictor_states = hidden[:, :-1][scored]  # (N, H), N = completion tokens in the micro-batch
-    targets = input_ids[:, 1:][scored]  # (N,)
+    targets = batch.input_ids[:, 1:][scored]  # (N,)
     head_weight = causal_lm.get_output_embeddings().weight  # (vocab, H)
     logprob_chunks, entropy_chunks = [], []
     for start in range(0, targets.numel(), chunk_tokens):
@@ -120,11 +111,11 @@ def completion_logprobs(
         logprob_chunks.append(logprobs)
         entropy_chunks.append(entropy)
     flat_logprobs = torch.cat(logprob_chunks)  # (N,)
-    logprobs = torch.zeros(completion_mask.shape, dtype=flat_logprobs.dtype, device=flat_logprobs.device)
+    logprobs = torch.zeros(batch.completion_mask.shape, dtype=flat_logprobs.dtype, device=flat_logprobs.device)
     entropies = torch.zeros_like(logprobs)
     # row-major order of both masks lines the N scored tokens up with the (B, T) completion slots
-    return logprobs.masked_scatter(completion_mask, flat_logprobs), entropies.masked_scatter(
-        completion_mask, torch.cat(entropy_chunks)
+    return logprobs.masked_scatter(batch.completion_mask, flat_logprobs), entropies.masked_scatter(
+        batch.completion_mask, torch.cat(entropy_chunks)
     )
 
 

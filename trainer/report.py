@@ -19,16 +19,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from shared.rewards import REWARD_FUNCTIONS  # noqa: E402
 from shared.settings import Check, check_fields, parse_settings, require, setting  # noqa: E402
+from trainer import metrics as names  # noqa: E402
 
-REWARD_KEYS = (
-    "reward",
-    "rewards/match_format_exactly",
-    "rewards/match_format_approximately",
-    "rewards/check_answer_correctness",
-    "rewards/check_numbers_extraction",
-)
-TIME_KEYS = ("time/sample_s", "time/score_s", "time/train_s", "time/optimizer_s", "time/push_s")
+REWARD_KEYS = (names.REWARD, *(names.reward_key(reward.name) for reward in REWARD_FUNCTIONS))
+TIME_KEYS = tuple(names.time_key(phase) for phase in names.PHASES)
 
 
 def smooth(values: list[float], window: int = 5) -> list[float]:
@@ -45,7 +41,7 @@ def smooth(values: list[float], window: int = 5) -> list[float]:
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     present = [row for row in rows if key in row]
-    return [row["step"] for row in present], [row[key] for row in present]
+    return [row[names.STEP] for row in present], [row[key] for row in present]
 
 
 def plot_lines(axis, rows: list[dict], keys: tuple[str, ...], title: str, smoothed: bool = False) -> None:
@@ -72,25 +68,25 @@ def plot_lines(axis, rows: list[dict], keys: tuple[str, ...], title: str, smooth
 def render(run_dir: Path) -> list[Path]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if not rows:
-        raise SystemExit(f"grpo-math report: error: {run_dir / 'metrics.jsonl'} has no rows")
+        raise ValueError(f"{run_dir / 'metrics.jsonl'} has no rows")
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    eval_keys = tuple(sorted({key for row in rows for key in row if key.startswith("eval/")}))
+    eval_keys = tuple(sorted({key for row in rows for key in row if key.startswith(names.eval_key(""))}))
     figures = {
         "rewards.png": [(REWARD_KEYS, "reward by step (thick: mean of the last 5)", True)],
-        "format.png": [(("format_exact_rate",), "strict-format rate", True)],
+        "format.png": [((names.FORMAT_EXACT_RATE,), "strict-format rate", True)],
         "length.png": [
-            (("completion_length_mean", "completion_length_max"), "completion tokens", False),
-            (("truncated_fraction",), "truncated fraction", False),
+            ((names.COMPLETION_LENGTH_MEAN, names.COMPLETION_LENGTH_MAX), "completion tokens", False),
+            ((names.TRUNCATED_FRACTION,), "truncated fraction", False),
         ],
-        "timing.png": [(TIME_KEYS + ("time/step_s",), "seconds per step", False)],
+        "timing.png": [(TIME_KEYS + (names.STEP_SECONDS,), "seconds per step", False)],
         "overview.png": [
             (REWARD_KEYS, "reward by step (thick: mean of the last 5)", True),
-            (("format_exact_rate",), "strict-format rate", True),
+            ((names.FORMAT_EXACT_RATE,), "strict-format rate", True),
         ],
     }
     if eval_keys:
-        figures["eval.png"] = [(eval_keys, "evaluation on GSM8K test", False)]
+        figures["eval.png"] = [(eval_keys, "periodic evaluation (greedy, test split)", False)]
     written = []
     for name, panels in figures.items():
         figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
@@ -120,10 +116,10 @@ class ReportSettings:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(ReportSettings, argv, prog="grpo-math report", description=__doc__)
-    for path in render(settings.run_dir):
+    try:
+        paths = render(settings.run_dir)
+    except ValueError as error:
+        raise SystemExit(f"grpo-math report: error: {error}") from None
+    for path in paths:
         print(path)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -41,8 +41,8 @@ def run(args) -> None:
     from shared.gsm8k import load_gsm8k
     from shared.models import nf4_quantization_config
     from shared.rewards import REWARD_FUNCTIONS
+    from trainer.batching import question_indices
     from trainer.settings import TrainSettings
-    from trainer.train import question_indices
 
     settings = TrainSettings()
     problems = load_gsm8k("train")

@@ -48,9 +48,9 @@ def run(args) -> None:
     from shared.gsm8k import load_gsm8k
     from shared.models import resolve_model
     from shared.rewards import REWARD_FUNCTIONS
+    from trainer.batching import question_indices
     from trainer.policy import load_policy
     from trainer.settings import TrainSettings
-    from trainer.train import question_indices
 
     settings = TrainSettings()  # the recipe's policy and optimiser settings
     model_path = resolve_model("auto")

@@ -1,0 +1,245 @@
+"""One GRPO step, ``train_step``, in the order it runs:
+
+  1. sample      the server's groups for the step's P questions: G completions each, sampled with
+                 the newest adapter (with --max-staleness: the batch the producer sampled ahead)
+  2. score       the four rewards of ``shared/rewards.py``, summed with their weights
+  3. advantages  (r − group mean) / (group std + 1e-4) within each question's group
+  4. loss        the clipped policy loss of TRL 1.16 (``dapo`` by default) on the 4-bit LoRA policy,
+                 over micro-batches of similar length, each sequence weighted by π_trainer/π_sampler
+                 (TRL's ``sequence_mask``: the server runs another precision than the nf4 trainer)
+  5. optimizer   gradient-norm clip, AdamW, the learning-rate schedule
+  6. push        the adapter's PEFT bytes to the server as the next version (``AdapterSync``)
+  7. log         the step's metrics row (``trainer/metrics.py``), returned to the loop
+
+With one update per batch the "old" policy of the ratio is the loss's own forward pass, detached:
+no second forward for it. Sequences whose advantage is 0 (a group with equal rewards) add nothing
+to the loss when beta is 0, so they are not run at all; their tokens still count in the normaliser.
+A step whose rewards, loss or gradients are not finite is skipped: no update, nothing pushed.
+"""
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.gsm8k import MathProblem
+from shared.protocol import GenerateRequest, GenerateResponse
+from shared.rewards import RewardScores, WeightedReward, score_completions
+from trainer.adapter_sync import AdapterSync
+from trainer.batching import Sequence, collate, micro_batches, question_indices
+from trainer.generators import Generator, GeneratorError
+from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
+from trainer.metrics import LossStats, metrics_row, skipped_row
+from trainer.policy import completion_logprobs
+from trainer.producer import Batches
+from trainer.settings import TrainSettings
+
+logger = logging.getLogger("trainer")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every step reads and no step changes."""
+
+    settings: TrainSettings
+    run_dir: Path
+    generator: Generator
+    problems: list[MathProblem]  # the training questions
+    eval_questions: list[tuple[int, MathProblem]]  # (test index, question) for --eval-every
+    rewards: tuple[WeightedReward, ...]
+    loss_config: LossConfig
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Learner:
+    """What a step's update changes."""
+
+    policy: object  # the PEFT model: 4-bit base + LoRA
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass(frozen=True)
+class StepResult:
+    adapter_version: int | None  # the version the next step samples with: pushed now, or the same one if skipped
+    metrics: dict[str, float]
+    skipped: bool = False
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Record the seconds the block took as ``timings[phase]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = time.perf_counter() - started
+
+
+def problems_of(run: Run, step: int) -> tuple[list[int], list[MathProblem]]:
+    indices = question_indices(step, run.settings.prompts_per_step, len(run.problems), run.settings.seed)
+    return indices, [run.problems[index] for index in indices]
+
+
+def sample(run: Run, step: int, adapter_version: int | None) -> GenerateResponse:
+    """The groups of ``step``'s questions, sampled with ``adapter_version``: TRL's names become the
+    wire's here (``num_generations`` → ``n``, ``max_completion_length`` → ``max_tokens``)."""
+    settings = run.settings
+    _, problems = problems_of(run, step)
+    reply = run.generator.generate(
+        GenerateRequest(
+            prompts=[problem.prompt for problem in problems],
+            n=settings.num_generations,
+            max_tokens=settings.max_completion_length,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            adapter_version=adapter_version,
+        )
+    )
+    if reply.adapter_version != adapter_version:  # never train on another policy's samples as if they were ours
+        raise GeneratorError(f"asked the server for adapter {adapter_version}, it sampled with {reply.adapter_version}")
+    return reply
+
+
+def score(run: Run, problems: list[MathProblem], texts: list[str]) -> RewardScores:
+    """Every reward on every completion; ``texts`` are the P × G completions, grouped by question."""
+    group_size = run.settings.num_generations
+    return score_completions(
+        prompts=[problem.prompt for problem in problems for _ in range(group_size)],
+        completions=texts,
+        answer=[problem.answer for problem in problems for _ in range(group_size)],
+        rewards=run.rewards,
+    )
+
+
+def sequences_of(reply: GenerateResponse, advantages: torch.Tensor) -> list[Sequence]:
+    """One ``Sequence`` per completion, P × G in group order; ``advantages``: (P·G,)."""
+    completions = [(group, completion) for group in reply.groups for completion in group.completions]
+    return [
+        Sequence(
+            prompt_token_ids=group.prompt_token_ids,
+            completion_token_ids=completion.token_ids,
+            sampler_logprobs=completion.logprobs,
+            advantage=advantage,
+        )
+        for (group, completion), advantage in zip(completions, advantages.tolist(), strict=True)
+    ]
+
+
+def backward_micro_batch(run: Run, policy, sequences: list[Sequence], normaliser: Normaliser) -> LossStats:
+    """Forward + backward of one micro-batch's share of the loss (gradients accumulate)."""
+    settings = run.settings
+    batch = collate(sequences, pad_token_id=0, device=run.device)
+    logps, entropies = completion_logprobs(policy, batch, settings.temperature)  # (B, T) each
+    mask = batch.completion_mask.float()  # (B, T)
+    weights = None  # (B, 1)
+    if settings.vllm_importance_sampling_correction:
+        weights = sampler_importance_weights(
+            logps.detach(), batch.sampler_logprobs, mask, settings.vllm_importance_sampling_clip_max
+        )
+    reference_logps = None
+    if settings.beta != 0.0:
+        with torch.no_grad(), policy.disable_adapter():  # the reference: the base model
+            reference_logps, _ = completion_logprobs(policy, batch, settings.temperature)
+    loss = policy_loss(logps, batch.advantages, mask, normaliser, run.loss_config, weights, reference_logps)
+    loss.backward()
+    gap = (logps.detach() - batch.sampler_logprobs) * mask  # (B, T): log π_trainer − log π_sampler
+    return LossStats(
+        loss=loss.item(),
+        sequences=len(sequences),
+        tokens=int(mask.sum()),
+        entropy=float((entropies * mask).sum()),
+        abs_gap=float(gap.abs().sum()),
+        kl_gap=float(((torch.exp(gap) - 1 - gap) * mask).sum()),
+        importance_weight=0.0 if weights is None else float(weights.sum()),
+        dropped=0 if weights is None else int((weights == 0).sum()),
+    )
+
+
+def optimizer_step(learner: Learner, max_grad_norm: float, loss: float) -> tuple[float, float] | None:
+    """Clip, AdamW step, schedule step: (the gradient norm, the learning rate used), or None where
+    the loss or the gradients are not finite (then nothing of them reaches the adapter)."""
+    trainable = [p for p in learner.policy.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm).item()
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        learner.optimizer.zero_grad(set_to_none=True)
+        return None
+    learning_rate = learner.scheduler.get_last_lr()[0]
+    learner.optimizer.step()
+    learner.scheduler.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    return grad_norm, learning_rate
+
+
+def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: AdapterSync) -> StepResult:
+    """One GRPO step on the questions of ``step``; returns the version the next step samples with
+    and the step's metrics row."""
+    settings, timings = run.settings, {}
+    indices, problems = problems_of(run, step)
+
+    with timed(timings, "sample"):  # with a producer: waiting for the batch it sampled ahead
+        batch = batches.take(step)
+    staleness = sync.policy_step - batch.policy_step  # optimizer steps behind the newest adapter
+
+    with timed(timings, "score"):
+        texts = [completion.text for group in batch.reply.groups for completion in group.completions]
+        scores = score(run, problems, texts)
+    rewards = torch.tensor(scores.total).view(len(problems), settings.num_generations)  # (P, G)
+    if not torch.isfinite(rewards).all():
+        return skipped_step(step, indices[0], batch.adapter_version, learner, "NaN/Inf rewards", timings)
+
+    advantages = group_advantages(rewards, scale=settings.scale_rewards == "group").flatten()  # (P·G,)
+    sequences = sequences_of(batch.reply, advantages)
+    trained = [s for s in sequences if s.advantage != 0.0 or settings.beta != 0.0]
+    normaliser = Normaliser(
+        sequences=len(sequences),
+        tokens=sum(len(s.completion_token_ids) for s in sequences),
+        max_completion_length=settings.max_completion_length,
+    )
+
+    with timed(timings, "train"):  # the loss: gradients accumulate over micro-batches
+        stats = LossStats()
+        for chunk in micro_batches(trained, settings.micro_batch_size):
+            stats += backward_micro_batch(run, learner.policy, chunk, normaliser)
+
+    with timed(timings, "optimizer"):
+        update = optimizer_step(learner, settings.max_grad_norm, stats.loss)
+    if update is None:
+        return skipped_step(step, indices[0], batch.adapter_version, learner, "NaN/Inf loss or gradients", timings)
+
+    with timed(timings, "push"):  # the next step samples with this version
+        pushed = sync.push(policy_step=step)
+
+    metrics = metrics_row(
+        step=step,
+        first_question_index=indices[0],
+        staleness=staleness,
+        stale_batches_dropped=batches.dropped,
+        reply=batch.reply,
+        scores=scores,
+        rewards=rewards,
+        stats=stats,
+        grad_norm=update[0],
+        learning_rate=update[1],
+        push_bytes=pushed.adapter_bytes,
+        push_load_ms=pushed.load_ms,
+        timings=timings,
+    )
+    return StepResult(adapter_version=pushed.adapter_version, metrics=metrics)
+
+
+def skipped_step(
+    step: int, first_question_index: int, adapter_version: int | None, learner: Learner, reason: str, timings
+) -> StepResult:
+    """No optimizer step, nothing pushed (the next step samples with the same version); the
+    learning-rate schedule moves on."""
+    learner.scheduler.step()
+    logger.warning("step %d skipped: %s; nothing pushed", step, reason)
+    row = skipped_row(step, first_question_index, adapter_version, reason, timings)
+    return StepResult(adapter_version=adapter_version, metrics=row, skipped=True)
