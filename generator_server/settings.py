@@ -9,6 +9,7 @@ from typing import Literal
 from shared.models import is_missing_folder
 from shared.protocol import MAX_N, ServerLimits
 from shared.settings import Check, at_least, check_fields, positive, read_api_key, require, setting, within
+from shared.versions import DEFAULT_ADAPTER_KEEP
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,17 @@ class ServerSettings:
         check=at_least(1),
     )
     adapter_keep: int = setting(
-        3,
+        DEFAULT_ADAPTER_KEEP,
         "adapter versions kept loaded: the active one and the ones before it, for requests in flight and "
         "trainers a step or two behind (and as many evaluation-only ones)",
         check=at_least(1),
     )
     max_adapter_bytes: int = setting(512 * 2**20, "largest adapter_model.safetensors accepted", check=positive())
     max_prompts: int = setting(256, "most prompts in one /v1/generate request", check=at_least(1))
-    max_n: int = setting(64, "most completions per prompt", check=within(1, MAX_N))
-    max_tokens: int = setting(4096, "largest max_tokens a request may ask for", check=at_least(1))
+    max_num_generations: int = setting(64, "most completions per prompt (a request's n)", check=within(1, MAX_N))
+    max_completion_length: int = setting(
+        4096, "most tokens per completion a request may ask for (its max_tokens)", check=at_least(1)
+    )
     enforce_eager: bool = setting(False, "no CUDA graphs / torch.compile (faster start, used in tests)")
     kv_cache_bytes: int = setting(
         2**30,
@@ -117,8 +120,8 @@ class ServerSettings:
     def limits(self) -> ServerLimits:
         return ServerLimits(
             max_prompts=self.max_prompts,
-            max_n=self.max_n,
-            max_tokens=self.max_tokens,
+            max_n=self.max_num_generations,
+            max_tokens=self.max_completion_length,
             max_model_len=self.max_model_len,
             max_lora_rank=self.max_lora_rank,
             max_adapter_bytes=self.max_adapter_bytes,

@@ -1,11 +1,12 @@
 """GSM8K: grade-school math word problems, loaded as prompt messages plus a normalised answer.
 
-Sources, chosen by ``load_gsm8k(split, source=...)``:
+Datasets, chosen by ``load_gsm8k(split, dataset=...)`` (every command's ``--dataset``):
 
-- ``"bundled"`` (default): the copy shipped in this package (``shared/data``, MIT, see its
+- ``"gsm8k"`` (default): the copy shipped in this package (``shared/data``, MIT, see its
   ``SOURCE.md``); needs nothing else.
-- ``"hub"``: ``openai/gsm8k`` (config ``main``) through ``datasets``, when online.
-- a path to any JSONL file with GSM8K's ``{"question", "answer": "... #### N"}`` rows.
+- ``"gsm8k-hub"``: ``openai/gsm8k`` (config ``main``) through ``datasets``, when online.
+- a path to any JSONL file with GSM8K's ``{"question", "answer": "... #### N"}`` rows (the split
+  is then ignored).
 
 The answer is the text after ``####``, stripped, with thousands commas removed: the recipe kept
 ``"1,080"`` and so scored every correct ``1080`` at -0.5.
@@ -69,19 +70,22 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in file if line.strip()]
 
 
-def load_gsm8k(split: str = "train", source: str = "bundled") -> list[MathProblem]:
+BUNDLED, HUB = "gsm8k", "gsm8k-hub"
+
+
+def load_gsm8k(split: str = "train", dataset: str = BUNDLED) -> list[MathProblem]:
     """All rows of one split (or of a JSONL file, where ``split`` is ignored), in file order."""
-    if source == "bundled":
+    if dataset == BUNDLED:
         if split not in SPLITS:
             raise ValueError(f"unknown GSM8K split {split!r}; expected one of {SPLITS}")
         rows = _read_jsonl(BUNDLED_DIR / f"gsm8k_{split}.jsonl.gz")
-    elif source == "hub":
+    elif dataset == HUB:
         import datasets  # imported here: slow, and only this source needs it
 
         rows = list(datasets.load_dataset(HUB_ID, "main", split=split))
     else:
-        path = Path(source)
+        path = Path(dataset)
         if not path.is_file():
-            raise FileNotFoundError(f"GSM8K source {source!r} is neither 'bundled', 'hub' nor a JSONL file")
+            raise FileNotFoundError(f"dataset {dataset!r} is neither {BUNDLED!r}, {HUB!r} nor a JSONL file")
         rows = _read_jsonl(path)
     return [problem_from_row(row) for row in rows]

@@ -56,7 +56,7 @@ def test_summary_counts_rates_with_wilson_intervals_and_pass_and_majority_at_k()
                     },
                 }
             )
-    summary = summarise(rows, samples=3)
+    summary = summarise(rows, num_generations=3)
     assert summary["strict_accuracy"]["successes"] == 3 and summary["strict_accuracy"]["value"] == 0.5
     assert summary["strict_accuracy"]["ci95"] == pytest.approx(list(wilson_interval(3, 6)))
     assert summary["truncation_rate"]["value"] == pytest.approx(1 / 6)

@@ -85,10 +85,10 @@ def test_bad_config_values_name_the_setting(tmp_path, capsys, config, message):
 
 
 def test_settings_built_in_code_are_checked_like_flags():
-    with pytest.raises(SettingsError, match="--max-n must be between 1 and 64"):
-        ServerSettings(max_n=0)
-    with pytest.raises(SettingsError, match="--samples k > 1 needs --temperature > 0"):
-        EvalSettings(base=True, samples=4)
+    with pytest.raises(SettingsError, match="--max-num-generations must be between 1 and 64"):
+        ServerSettings(max_num_generations=0)
+    with pytest.raises(SettingsError, match="--num-generations k > 1 needs --temperature > 0"):
+        EvalSettings(base=True, num_generations=4)
     with pytest.raises(SettingsError, match="--base or --adapter DIR"):
         EvalSettings()
     with pytest.raises(SettingsError, match="--grpo-steps must be at least 1"):
@@ -108,11 +108,11 @@ def test_the_trainer_checks_its_settings_against_the_servers_limits():
     health = HealthResponse(status="ok", model="m", adapter_version=None, adapter_mode="lora", limits=limits)
     check_against_server(TrainSettings(max_completion_length=256), health)  # within every limit
     for overrides, message in (
-        ({"num_generations": 16}, "--num-generations 16 is more than the server allows (8, its --max-n)"),
+        ({"num_generations": 16}, "--num-generations 16 is more than the server allows (8, its --max-num-generations)"),
         ({"prompts_per_step": 5}, "--prompts-per-step 5 is more than the server allows (4, its --max-prompts)"),
         (
             {"max_completion_length": 1024},
-            "--max-completion-length 1024 is more than the server allows (256, its --max-tokens)",
+            "--max-completion-length 1024 is more than the server allows (256, its --max-completion-length)",
         ),
         ({"lora_r": 32}, "--lora-r 32 is more than the server allows (16, its --max-lora-rank)"),
         ({"max_staleness": 2}, "--max-staleness 2 needs the server to keep 4 adapter versions loaded"),
@@ -150,6 +150,6 @@ def imported_modules(path: Path) -> set[str]:
 )
 def test_the_rooms_import_only_downwards(package, forbidden):
     root = Path(__file__).parent.parent / package
-    for path in root.glob("*.py"):
+    for path in root.rglob("*.py"):
         for name in imported_modules(path):
             assert not any(name == room or name.startswith(room + ".") for room in forbidden), (path.name, name)

@@ -1,14 +1,16 @@
-"""``grpo-math eval``: GSM8K test accuracy of the base model and of adapters, with intervals and a chart.
+"""``grpo-math eval``: test accuracy of the base model and of adapters, with intervals and a chart.
 
 Against a running generator server: ``--base`` evaluates the base model, ``--adapter DIR [DIR ...]``
 pushes each PEFT adapter as an evaluation-only version (it never becomes the server's active
 adapter, so a training run on the same server is undisturbed) and evaluates it,
 ``--adapter-version N`` evaluates a version the server has loaded; ``--compare`` adds the base model
 to whatever adapters are given, so all are measured on the same questions in one run. Decoding is
-greedy unless ``--samples k --temperature t`` (then every sample counts, and pass@k / maj@k are
-reported). The metrics are described in ``trainer/evaluation.py``.
+greedy unless ``--num-generations k --temperature t`` (then every completion counts, and pass@k /
+maj@k are reported). The questions are the first ``--eval-limit`` of ``--dataset``'s ``--split``
+(``--shuffle``: a seeded random choice of them). The metrics are described in
+``trainer/evaluation.py``.
 
-    grpo-math eval --compare --adapter runs/demo/warmup runs/demo/grpo/final --limit 64
+    grpo-math eval --compare --adapter runs/demo/sft runs/demo/grpo/final --eval-limit 64
 
 Writes ``summary.json``, ``completions.jsonl`` and ``accuracy.png`` to ``--output-dir``.
 """
@@ -20,16 +22,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from shared.gsm8k import MathProblem, load_gsm8k
+from shared.gsm8k import BUNDLED, MathProblem, load_gsm8k
 from shared.protocol import AdapterUpload
 from shared.settings import Check, SettingsError, at_least, check_fields, parse_settings, read_api_key, require, setting
 from trainer.evaluation import RATE_METRICS, bar_chart, evaluate
 from trainer.generators import GeneratorError, connect_generator, wait_until_healthy
 
 
+class EvalError(RuntimeError):
+    """The evaluation cannot run; the message names the flag."""
+
+
 @dataclass(frozen=True)
 class EvalSettings:
-    server_url: str = setting("http://127.0.0.1:8000", "generator server")
+    server_url: tuple[str, ...] = setting(
+        ("http://127.0.0.1:8000",), "generator server; several: each request's questions are split across them"
+    )
     generator: Literal["grpo-math", "vllm"] = setting(
         "grpo-math", "grpo-math = grpo-math serve; vllm = vLLM's own server (see grpo-math train --help)"
     )
@@ -42,13 +50,14 @@ class EvalSettings:
     adapter: tuple[str, ...] = setting((), "PEFT adapter folders to push (evaluation-only) and evaluate")
     adapter_version: tuple[int, ...] = setting((), "adapter versions already loaded on the server")
     compare: bool = setting(False, "also evaluate the base model, on the same questions")
-    data: str = setting("test", "test or train (bundled GSM8K), or a JSONL file in GSM8K's format")
-    limit: int | None = setting(None, "the first N questions", check=at_least(1))
-    sample: int | None = setting(None, "N random questions (with --seed) instead of the first ones", check=at_least(1))
-    seed: int = setting(0, "for --sample")
-    samples: int = setting(1, "completions per question (pass@k, maj@k)", check=at_least(1))
+    dataset: str = setting(BUNDLED, "gsm8k (bundled), gsm8k-hub (openai/gsm8k) or a JSONL file in GSM8K's format")
+    split: Literal["test", "train"] = setting("test", "the dataset's split (a JSONL file has one)")
+    eval_limit: int | None = setting(None, "the first N questions (none = all)", check=at_least(1))
+    shuffle: bool = setting(False, "take the questions in a random order seeded by --seed (with --eval-limit N)")
+    seed: int = setting(0, "for --shuffle")
+    num_generations: int = setting(1, "completions per question (pass@k, maj@k)", check=at_least(1))
     temperature: float = setting(0.0, "0 = greedy", check=Check(lambda v: v >= 0, "must be >= 0"))
-    max_tokens: int = setting(512, "completion tokens", check=at_least(1))
+    max_completion_length: int = setting(512, "most tokens per completion", check=at_least(1))
     output_dir: str | None = setting(None, "none = evals/<model-or-adapter>-<time>")
 
     def __post_init__(self) -> None:
@@ -60,17 +69,16 @@ class EvalSettings:
         )
         for folder in self.adapter:
             require(AdapterUpload.is_adapter_folder(folder), "adapter", f"{folder}: not a PEFT adapter folder")
-        require(self.samples == 1 or self.temperature > 0, "samples", "k > 1 needs --temperature > 0")
+        require(self.num_generations == 1 or self.temperature > 0, "num_generations", "k > 1 needs --temperature > 0")
 
 
 def load_questions(settings: EvalSettings) -> list[tuple[int, MathProblem]]:
-    problems = load_gsm8k(settings.data) if settings.data in ("test", "train") else load_gsm8k(source=settings.data)
-    indexed = list(enumerate(problems))
-    if settings.sample is not None:
-        indexed = sorted(random.Random(settings.seed).sample(indexed, min(settings.sample, len(indexed))))
-    if settings.limit is not None:
-        indexed = indexed[: settings.limit]
-    return indexed
+    """(index in the split, question): the first ``--eval-limit``, or with ``--shuffle`` a seeded
+    random choice of that many, in index order."""
+    indexed = list(enumerate(load_gsm8k(settings.split, dataset=settings.dataset)))
+    if settings.shuffle:
+        indexed = random.Random(settings.seed).sample(indexed, len(indexed))
+    return sorted(indexed[: settings.eval_limit]) if settings.shuffle else indexed[: settings.eval_limit]
 
 
 def run_eval(settings: EvalSettings) -> Path:
@@ -78,7 +86,7 @@ def run_eval(settings: EvalSettings) -> Path:
     api_key = read_api_key(settings.api_key_file)
     generator = connect_generator(
         settings.generator,
-        (settings.server_url,),
+        settings.server_url,
         settings.vllm_adapter_dir,
         api_key=api_key,
         ca_bundle=settings.ca_bundle,
@@ -86,15 +94,13 @@ def run_eval(settings: EvalSettings) -> Path:
     try:
         limits = wait_until_healthy(generator, timeout=30).limits
     except GeneratorError as error:
-        raise SystemExit(f"grpo-math eval: error: --server-url {settings.server_url}: {error}") from None
+        raise EvalError(f"--server-url {' '.join(settings.server_url)}: {error}") from None
     for name, value, limit in (
-        ("samples", settings.samples, limits.max_n),
-        ("max_tokens", settings.max_tokens, limits.max_tokens),
+        ("num_generations", settings.num_generations, limits.max_n),
+        ("max_completion_length", settings.max_completion_length, limits.max_tokens),
     ):
         if value > limit:
-            raise SystemExit(
-                f"grpo-math eval: error: {SettingsError(name, f'{value} is more than the server allows ({limit})')}"
-            )
+            raise SettingsError(name, f"{value} is more than the server allows ({limit})")
     questions = load_questions(settings)
     models: list[tuple[str, int | str | None]] = []  # (name, a loaded version, an adapter folder, or None: base)
     if settings.base or settings.compare:
@@ -115,9 +121,9 @@ def run_eval(settings: EvalSettings) -> Path:
                 generator,
                 questions,
                 version,
-                settings.samples,
+                settings.num_generations,
                 settings.temperature,
-                settings.max_tokens,
+                settings.max_completion_length,
                 batch_size=min(32, limits.max_prompts),
             )
             summaries[name] = {"adapter_version": version, **summary}
@@ -127,7 +133,7 @@ def run_eval(settings: EvalSettings) -> Path:
     (output_dir / "summary.json").write_text(
         json.dumps({"questions": len(questions), "models": summaries}, indent=2) + "\n"
     )
-    bar_chart(summaries, output_dir / "accuracy.png")
+    bar_chart(summaries, output_dir / "accuracy.png", title=f"{Path(settings.dataset).name} {settings.split}")
 
     print(f"\n{'model':<40} " + " ".join(f"{m:>20}" for m in RATE_METRICS))
     for name, summary in summaries.items():
@@ -141,9 +147,9 @@ def run_eval(settings: EvalSettings) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_eval(parse_settings(EvalSettings, argv, prog="grpo-math eval", description=__doc__))
+    settings = parse_settings(EvalSettings, argv, prog="grpo-math eval", description=__doc__)
+    try:
+        run_eval(settings)
+    except (EvalError, SettingsError, GeneratorError) as error:
+        raise SystemExit(f"grpo-math eval: error: {error}") from None
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,7 +6,7 @@ Metrics per model: strict format rate (the shared strict pattern), strict accura
 and the ``<SOLUTION>`` text equals the answer once spaces, ``$``, commas and a trailing ``.`` are
 stripped), lenient accuracy (the last number anywhere equals the answer), each reward's mean,
 completion length and truncation rate; rates with 95 % Wilson intervals; pass@k and maj@k when
-each question is sampled k times.
+each question is sampled k times (``num_generations`` = k).
 """
 
 import math
@@ -98,7 +98,7 @@ def verdicts(problem: MathProblem, text: str, token_count: int, finish_reason: s
     }
 
 
-def summarise(rows: list[dict], samples: int) -> dict:
+def summarise(rows: list[dict], num_generations: int) -> dict:
     """Rates with Wilson intervals, reward means, lengths; pass@k and maj@k when sampling."""
     total = len(rows)
     counts = {
@@ -114,7 +114,7 @@ def summarise(rows: list[dict], samples: int) -> dict:
     for reward in REWARD_FUNCTIONS:
         summary[f"reward/{reward.name}"] = sum(r["rewards"][reward.name] for r in rows) / total
     summary["completion_length_mean"] = sum(r["tokens"] for r in rows) / total
-    if samples > 1:
+    if num_generations > 1:
         by_question: dict[int, list[dict]] = {}
         for row in rows:
             by_question.setdefault(row["question_index"], []).append(row)
@@ -124,12 +124,12 @@ def summarise(rows: list[dict], samples: int) -> dict:
         for group in by_question.values():
             answers = Counter(r["strict_answer"] for r in group if r["strict_answer"] is not None)
             majority += bool(answers) and answers.most_common(1)[0][0] == normalise_answer_text(group[0]["gold"])
-        summary[f"pass@{samples}"] = {
+        summary[f"pass@{num_generations}"] = {
             "value": passed / questions,
             "successes": passed,
             "ci95": list(wilson_interval(passed, questions)),
         }
-        summary[f"maj@{samples}"] = {
+        summary[f"maj@{num_generations}"] = {
             "value": majority / questions,
             "successes": majority,
             "ci95": list(wilson_interval(majority, questions)),
@@ -141,14 +141,14 @@ def evaluate(
     generator: Generator,
     problems: list[tuple[int, MathProblem]],
     adapter_version: int | None,
-    samples: int = 1,
+    num_generations: int = 1,
     temperature: float = 0.0,
-    max_tokens: int = 512,
+    max_completion_length: int = 512,
     batch_size: int = 32,
     progress: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """Sample every question ``samples`` times with one adapter version (None: the base model);
-    return (summary, one row per completion). A reply from another version is an error."""
+    """Sample every question ``num_generations`` times with one adapter version (None: the base
+    model); return (summary, one row per completion). A reply from another version is an error."""
     rows = []
     batches = [problems[start : start + batch_size] for start in range(0, len(problems), batch_size)]
     for batch in tqdm(
@@ -157,8 +157,8 @@ def evaluate(
         reply = generator.generate(
             GenerateRequest(
                 prompts=[problem.prompt for _, problem in batch],
-                n=samples,
-                max_tokens=max_tokens,
+                n=num_generations,
+                max_tokens=max_completion_length,
                 temperature=temperature,
                 adapter_version=adapter_version,
             )
@@ -166,11 +166,11 @@ def evaluate(
         if reply.adapter_version != adapter_version:
             raise GeneratorError(f"asked for adapter version {adapter_version}, got {reply.adapter_version}")
         texts = [c.text for group in reply.groups for c in group.completions]
-        answers = [problem.answer for _, problem in batch for _ in range(samples)]
+        answers = [problem.answer for _, problem in batch for _ in range(num_generations)]
         scores = score_completions(None, texts, answers).per_function
         for position, ((index, problem), group) in enumerate(zip(batch, reply.groups)):
             for sample, completion in enumerate(group.completions):
-                flat = position * samples + sample
+                flat = position * num_generations + sample
                 rows.append(
                     {
                         "question_index": index,
@@ -181,10 +181,10 @@ def evaluate(
                         "rewards": {name: values[flat] for name, values in scores.items()},
                     }
                 )
-    return summarise(rows, samples), rows
+    return summarise(rows, num_generations), rows
 
 
-def bar_chart(summaries: dict[str, dict], path: Path) -> None:
+def bar_chart(summaries: dict[str, dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,7 +203,7 @@ def bar_chart(summaries: dict[str, dict], path: Path) -> None:
         )
     axis.set_xticks([i + width * (len(summaries) - 1) / 2 for i in range(len(RATE_METRICS))], RATE_METRICS, fontsize=8)
     axis.set_ylim(0, 1)
-    axis.set_title("GSM8K (95 % Wilson intervals)")
+    axis.set_title(f"{title} (95 % Wilson intervals)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -1,8 +1,8 @@
 """The trainer's settings: one frozen dataclass; ``grpo-math train`` has one flag per field.
 
 Defaults are the original recipe's (a GPU run of Qwen2.5-3B-Instruct); names follow TRL's
-``GRPOConfig`` where it has one. The CPU demo's overrides of them are in one place,
-``grpo_settings`` in ``grpo_math/demo.py``.
+``GRPOConfig`` where it has one. The CPU recipe's overrides of them are in one place,
+``grpo_math/recipe.py``.
 """
 
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ from shared.models import is_missing_folder
 from shared.protocol import AdapterUpload, HealthResponse
 from shared.rewards import REWARD_FUNCTIONS
 from shared.settings import Check, SettingsError, at_least, check_fields, positive, read_api_key, require, setting
+from shared.versions import adapter_keep_for
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,9 @@ class TrainSettings:
         "auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded SmolLM2-135M-Instruct on CPU"
     )
     init_adapter: str | None = setting(None, "PEFT adapter folder to start from (e.g. the output of grpo-math sft)")
-    dataset: str = setting("bundled", "GSM8K train questions: bundled, hub (openai/gsm8k) or a JSONL file")
+    dataset: str = setting(
+        "gsm8k", "training questions (its train split): gsm8k (bundled), gsm8k-hub (openai/gsm8k) or a JSONL file"
+    )
     max_steps: int = setting(10, "optimizer steps", check=at_least(1))
     prompts_per_step: int = setting(2, "questions per step (the recipe's batch 2)", check=at_least(1))
     num_generations: int = setting(
@@ -110,8 +113,10 @@ class TrainSettings:
     save_every: int = setting(5, "checkpoint every N steps (0 = only the final adapter)", check=at_least(0))
     keep_checkpoints: int = setting(2, "checkpoints kept (the newest)", check=at_least(1))
     resume: bool = setting(False, "continue from the newest checkpoint in --output-dir")
-    eval_every: int = setting(0, "evaluate the adapter on GSM8K test every N steps (0 = never)", check=at_least(0))
-    eval_limit: int = setting(32, "test questions per periodic evaluation (greedy)", check=at_least(1))
+    eval_every: int = setting(
+        0, "evaluate the adapter greedily on --dataset's test split every N steps (0 = never)", check=at_least(0)
+    )
+    eval_limit: int = setting(32, "evaluation questions: the first N of the test split", check=at_least(1))
     report_to: Literal["trackio", "none"] = setting("trackio", "trackio (offline store) besides metrics.jsonl")
     server_timeout: float = setting(60.0, "seconds to wait for the server to be ready at start", check=at_least(0))
 
@@ -145,16 +150,17 @@ def check_against_server(settings: TrainSettings, health: HealthResponse) -> Non
     """Raise ``SettingsError`` naming the flag to change where the server would refuse the run's
     requests; called before any model is loaded."""
     limits = health.limits
-    if settings.max_staleness and health.adapter_mode == "lora" and limits.adapter_keep < settings.max_staleness + 2:
+    needed = adapter_keep_for(settings.max_staleness)
+    if settings.max_staleness and health.adapter_mode == "lora" and limits.adapter_keep < needed:
         raise SettingsError(
             "max_staleness",
-            f"{settings.max_staleness} needs the server to keep {settings.max_staleness + 2} adapter versions loaded "
+            f"{settings.max_staleness} needs the server to keep {needed} adapter versions loaded "
             f"for the requests in flight; it keeps {limits.adapter_keep} (its --adapter-keep)",
         )
     for name, value, limit, server_flag in (
-        ("num_generations", settings.num_generations, limits.max_n, "--max-n"),
+        ("num_generations", settings.num_generations, limits.max_n, "--max-num-generations"),
         ("prompts_per_step", settings.prompts_per_step, limits.max_prompts, "--max-prompts"),
-        ("max_completion_length", settings.max_completion_length, limits.max_tokens, "--max-tokens"),
+        ("max_completion_length", settings.max_completion_length, limits.max_tokens, "--max-completion-length"),
         ("lora_r", settings.lora_r, limits.max_lora_rank, "--max-lora-rank"),
     ):
         if value > limit:

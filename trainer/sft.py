@@ -1,20 +1,19 @@
 """``grpo-math sft``: a short supervised warm-up that teaches the tag format before GRPO.
 
-Measured here: the embedded SmolLM2-135M-Instruct, given the recipe's system prompt, writes none
-of the four tags (0 of 64 greedy and 0 of 256 sampled completions on GSM8K test questions). Every
-completion then scores the same (−2, 0, 0, 0), every advantage is 0 and GRPO cannot start. So the
-same 4-bit LoRA adapter is first fine-tuned, with TRL's ``SFTTrainer``, on GSM8K *train* solutions
+A small model given the recipe's system prompt may write none of the four tags (the embedded
+SmolLM2-135M-Instruct does not: docs/results). Every completion then scores the same
+(−2, 0, 0, 0), every advantage is 0 and GRPO cannot start. So the same 4-bit LoRA adapter is first
+fine-tuned, with TRL's ``SFTTrainer``, on the dataset's *train* solutions
 rewritten into the format: the reasoning (``<<…>>`` annotations removed) between
 ``<start_working_out>`` and ``<end_working_out>``, the answer between ``<SOLUTION>`` and
 ``</SOLUTION>``. The examples are prompt/completion pairs with the shared system prompt, so the
 loss covers the assistant turn only. The output is a PEFT adapter for ``grpo-math train
 --init-adapter``. Left out: packing, evaluation during training.
 
-    grpo-math sft --output-dir runs/warmup --max-steps 40
-    grpo-math train --init-adapter runs/warmup
+    grpo-math sft --output-dir runs/sft --max-steps 40
+    grpo-math train --init-adapter runs/sft
 """
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,15 +27,14 @@ from shared.settings import at_least, check_fields, parse_settings, positive, se
 from trainer.policy import load_policy
 from trainer.settings import TrainSettings
 
-logger = logging.getLogger("trainer.sft")
-
 
 @dataclass(frozen=True)
 class SFTSettings:
     output_dir: str = setting("runs/sft", "where the adapter (PEFT) is saved")
     model: str = setting("auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded model on CPU")
     max_steps: int = setting(40, "optimizer steps", check=at_least(1))
-    batch_size: int = setting(8, "examples per step", check=at_least(1))
+    dataset: str = setting("gsm8k", "worked solutions (its train split): gsm8k, gsm8k-hub or a JSONL file")
+    per_device_train_batch_size: int = setting(8, "examples per step", check=at_least(1))
     learning_rate: float = setting(2e-4, "AdamW learning rate (constant)", check=positive())
     max_length: int = setting(
         576, "tokens per example (prompt + solution); longer ones are truncated", check=at_least(32)
@@ -76,12 +74,13 @@ def run_sft(settings: SFTSettings) -> Path:
     policy = load_policy(
         model_path, settings, init_adapter=None, gradient_checkpointing=device.type == "cuda", device=device
     )
-    examples = [sft_example(p) for p in load_gsm8k("train")[: settings.max_steps * settings.batch_size]]
+    count = settings.max_steps * settings.per_device_train_batch_size
+    examples = [sft_example(p) for p in load_gsm8k("train", dataset=settings.dataset)[:count]]
     output_dir = Path(settings.output_dir)
     config = SFTConfig(
         output_dir=str(output_dir / "trainer"),
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",
         max_length=settings.max_length,
@@ -109,8 +108,3 @@ def run_sft(settings: SFTSettings) -> Path:
     print(f"adapter: {output_dir} (loss {losses[0]:.3f} → {losses[-1]:.3f} over {settings.max_steps} steps)")
     print(f"next: grpo-math train --init-adapter {output_dir}")
     return output_dir
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    raise SystemExit(main())
