@@ -13,29 +13,23 @@ import statistics
 
 from benchmarks.measure import Figure, Interleaved, ratio_figure
 from benchmarks.training import train_metrics
+from grpo_math import recipe
 from grpo_math.local_server import LocalServer
+from trainer import metrics as names
 
 
 def trained_run(context, url: str, staleness: int, steps: int, seed: int, cores: list[int] | None) -> list[dict]:
-    """``grpo-math train --max-staleness S`` for ``steps`` steps; its metrics rows."""
-    flags = [
-        "--max-steps",
-        str(steps),
-        "--max-staleness",
-        str(staleness),
-        "--seed",
-        str(seed),
-        "--max-completion-length",
-        str(context.async_length),
-        "--learning-rate",
-        "3e-4",
-        "--lr-scheduler-type",
-        "constant",
-    ]
-    adapter = context.warmup_adapter()
-    if adapter is not None:
-        flags += ["--init-adapter", adapter]
-    return train_metrics(context, url, flags, "async.log", cores) or []
+    """``grpo-math train --max-staleness S`` with the CPU recipe for ``steps`` steps; its metrics rows."""
+    settings = recipe.grpo_settings(
+        url,
+        context.output_dir,  # replaced by a temporary run folder
+        max_steps=steps,
+        max_staleness=staleness,
+        seed=seed,
+        max_completion_length=context.async_length,
+        init_adapter=context.sft_adapter(),
+    )
+    return train_metrics(context, settings, "async.log", cores) or []
 
 
 def mean_of(rows: list[dict], key: str) -> float | None:
@@ -54,8 +48,8 @@ def rounded(values: list[float]) -> list[float]:
 
 
 def completions_per_minute(rows: list[dict], group: int) -> float:
-    measured = rows[1:]  # after the warm-up step
-    return 60 * len(measured) * group / sum(row["time/step_s"] for row in measured)
+    measured = rows[1:]  # after the untimed first step
+    return 60 * len(measured) * group / sum(row[names.STEP_SECONDS] for row in measured)
 
 
 def async_training(context) -> list[Figure]:
@@ -74,7 +68,7 @@ def async_training(context) -> list[Figure]:
                 {
                     f"S={s}": (
                         lambda s=s, cores=trainer_cores: completions_per_minute(
-                            trained_run(context, server.url, s, 1 + context.steps, 0, cores), group
+                            trained_run(context, server.url, s, 1 + context.measured_steps, 0, cores), group
                         )
                     )
                     for s in context.async_staleness
@@ -117,13 +111,13 @@ def async_training(context) -> list[Figure]:
                     {
                         key: row.get(key)
                         for key in (
-                            "step",
-                            "reward",
-                            "format_exact_rate",
-                            "staleness",
-                            "sampler_gap/mean_abs_logprob_diff",
-                            "importance_dropped_fraction",
-                            "time/step_s",
+                            names.STEP,
+                            names.REWARD,
+                            names.FORMAT_EXACT_RATE,
+                            names.STALENESS,
+                            names.SAMPLER_GAP,
+                            names.IMPORTANCE_DROPPED_FRACTION,
+                            names.STEP_SECONDS,
                         )
                     }
                     for row in rows
@@ -131,8 +125,8 @@ def async_training(context) -> list[Figure]:
     context.raw["async"] = raw
     curves_chart(context, raw["curves"])
     for key, what in (
-        ("sampler_gap/mean_abs_logprob_diff", "sampler–trainer gap (mean |Δ logprob|)"),
-        ("importance_dropped_fraction", "sequences the importance cap drops"),
+        (names.SAMPLER_GAP, "sampler–trainer gap (mean |Δ logprob|)"),
+        (names.IMPORTANCE_DROPPED_FRACTION, "sequences the importance cap drops"),
     ):
         by_seed = {
             s: [mean_of(raw["curves"][f"S={s} seed={seed}"], key) for seed in context.async_seeds] for s in (0, 1)
@@ -151,7 +145,7 @@ def async_training(context) -> list[Figure]:
     last = max(1, context.async_curve_steps // 3)
     finals = {
         s: [
-            statistics.mean(row["reward"] for row in raw["curves"][f"S={s} seed={seed}"][-last:])
+            statistics.mean(row[names.REWARD] for row in raw["curves"][f"S={s} seed={seed}"][-last:])
             for seed in context.async_seeds
         ]
         for s in (0, 1)
@@ -178,8 +172,8 @@ def curves_chart(context, curves: dict[str, list[dict]]) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for name, rows in curves.items():
         colour = "#4878a8" if name.startswith("S=0") else "#c04040"
-        for axis, key in zip(axes, ("reward", "format_exact_rate")):
-            axis.plot([r["step"] for r in rows], [r[key] for r in rows], color=colour, alpha=0.7, label=name)
+        for axis, key in zip(axes, (names.REWARD, names.FORMAT_EXACT_RATE)):
+            axis.plot([r[names.STEP] for r in rows], [r[key] for r in rows], color=colour, alpha=0.7, label=name)
     for axis, title in zip(axes, ("reward by step", "strict-format rate by step")):
         axis.set_title(f"{title} (blue S=0, red S=1)")
         axis.set_xlabel("step")

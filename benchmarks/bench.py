@@ -5,7 +5,7 @@ Scenarios (``--scenario NAME ...`` or ``--all``; ``--quick`` sizes them for CI):
 
   server-overhead   /v1/generate tok/s ÷ vLLM's offline LLM.generate (goal ≥ 0.95)
   step-time         GRPO step time of each peer ÷ ours, with the sample/score/train/push split,
-                    at each --lengths (goals: recipe ≥ 3, TRL colocate ≥ 2, TRL async ≥ 1.5)
+                    at each --max-completion-length (goals: recipe ≥ 3, TRL colocate ≥ 2, TRL async ≥ 1.5)
   adapter-sync      bytes pushed per step ÷ a full-weight sync (≤ 1/100); push + load ÷ step (≤ 2 %)
   trainer-memory    peak memory of the 4-bit LoRA trainer ÷ a bf16 base (≤ 0.45)
   decode-roofline   single-sequence decode tok/s ÷ the memory-bandwidth bound (≥ 0.5)
@@ -20,7 +20,7 @@ Runs from a checkout (the peers' runners and a test helper live beside it). The 
 on a GPU (Qwen2.5-3B-Instruct there, by --model auto).
 
     grpo-math bench --all --quick
-    grpo-math bench --scenario step-time --lengths 256 --steps 3 --repetitions 2
+    grpo-math bench --scenario step-time --max-completion-length 256 --measured-steps 3 --repetitions 2
 """
 
 import json
@@ -68,15 +68,19 @@ class BenchSettings:
     scenario: tuple[Scenario, ...] = setting((), "scenarios to run (see above)")
     quick: bool = setting(False, "CI sizes: short completions, one repetition, one measured step")
     output_dir: str | None = setting(None, "none = runs/bench-<time>")
-    lengths: tuple[int, ...] = setting(
-        (256, 1024), "step-time: max completion lengths", check=Check(lambda v: min(v) >= 1, "must be positive")
+    max_completion_length: tuple[int, ...] = setting(
+        (256, 1024),
+        "step-time: most tokens per completion, one run each",
+        check=Check(lambda v: min(v) >= 1, "must be positive"),
     )
-    steps: int = setting(3, "step-time: measured steps per run, after one warm-up step", check=at_least(1))
+    measured_steps: int = setting(
+        3, "step-time: measured steps per run, after one untimed first step", check=at_least(1)
+    )
     repetitions: int = setting(3, "interleaved repetitions of every measurement", check=at_least(1))
     peers: tuple[Peer, ...] = setting(("recipe", "trl-colocate", "trl-async", "lora", "merge"), "step-time: who runs")
     init_adapter: str | None = setting(
         None,
-        "step-time: the adapter every peer starts from; none = a 20-step format warm-up made here (none in --quick)",
+        "step-time: the adapter every peer starts from; none = a 20-step SFT adapter made here (none in --quick)",
     )
     timeout: float = setting(7200.0, "seconds one peer run may take", check=at_least(1))
 
@@ -103,12 +107,12 @@ class Context:
         return 1 if self.quick else self.settings.repetitions
 
     @property
-    def steps(self) -> int:
-        return 1 if self.quick else self.settings.steps
+    def measured_steps(self) -> int:
+        return 1 if self.quick else self.settings.measured_steps
 
     @property
-    def lengths(self) -> tuple[int, ...]:
-        return (32,) if self.quick else self.settings.lengths
+    def max_completion_lengths(self) -> tuple[int, ...]:
+        return (32,) if self.quick else self.settings.max_completion_length
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -157,19 +161,18 @@ class Context:
     def async_curve_steps(self) -> int:
         return 3 if self.quick else 12
 
-    def warmup_adapter(self) -> str | None:
-        """The adapter the step-time peers start from (made once per run)."""
+    def sft_adapter(self) -> str | None:
+        """The adapter the step-time and async peers start from: a short SFT run of the CPU recipe,
+        made once per bench run (none in --quick)."""
         if self.settings.init_adapter is not None or self.quick:
             return self.settings.init_adapter
-        if "warmup" not in self.cache:
-            from trainer.sft import SFTSettings, run_sft
+        if "sft" not in self.cache:
+            from grpo_math.pipeline import Phases, run_pipeline
 
-            folder = self.output_dir / "warmup"
-            run_sft(
-                SFTSettings(output_dir=str(folder), max_steps=20, batch_size=4, learning_rate=1e-3, report_to="none")
-            )
-            self.cache["warmup"] = str(folder)
-        return self.cache["warmup"]
+            phases = Phases(sft=dict(max_steps=20, report_to="none"), grpo=None, evaluation=None)
+            run_pipeline(self.output_dir, server_url="", phases=phases)  # SFT alone needs no server
+            self.cache["sft"] = str(self.output_dir / "sft")
+        return self.cache["sft"]
 
     # ---- charts ------------------------------------------------------------------------------
 

@@ -19,11 +19,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.measure import Figure, Interleaved, ratio_figure, value_figure
 from grpo_math.local_server import LocalServer
 from shared.models import nf4_dequantized_dir, resolve_model
+from shared.settings import write_config
+from trainer import metrics as names
+from trainer.settings import TrainSettings
 
 GOALS = {"recipe": ">= 3", "trl-colocate": ">= 2", "trl-async": ">= 1.5"}
 
@@ -41,28 +45,14 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line[3:]) for line in text.splitlines() if line.startswith("@@ ")]
 
 
-def train_metrics(
-    context, url: str, flags: list[str], log_name: str, cores: list[int] | None = None
-) -> list[dict] | None:
-    """``grpo-math train --server-url URL FLAGS`` into a temporary folder, without trackio or
-    checkpoints (on ``cores`` only, where given); its metrics rows, or None where it wrote none
-    (its output is in ``log_name`` under the bench's folder)."""
+def train_metrics(context, settings: TrainSettings, log_name: str, cores: list[int] | None = None) -> list[dict] | None:
+    """``grpo-math train --config FILE`` with ``settings`` (written to FILE), into a temporary run
+    folder, without trackio or checkpoints (on ``cores`` only, where given); its metrics rows, or
+    None where it wrote none (its output is in ``log_name`` under the bench's folder)."""
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [
-            sys.executable,
-            "-m",
-            "grpo_math",
-            "train",
-            "--server-url",
-            url,
-            "--output-dir",
-            run_dir,
-            "--report-to",
-            "none",
-            "--save-every",
-            "0",
-            *flags,
-        ]
+        settings = replace(settings, output_dir=run_dir, report_to="none", save_every=0)
+        config = write_config(settings, Path(run_dir) / "config.json")
+        command = [sys.executable, "-m", "grpo_math", "train", "--config", str(config)]
         if cores is not None:
             command = ["taskset", "-c", ",".join(map(str, cores)), *command]
         run_process(command, context.output_dir / log_name, timeout=context.timeout)
@@ -71,24 +61,29 @@ def train_metrics(
 
 
 def ours(context, url: str, length: int, adapter: str | None) -> dict:
-    """``grpo-math train`` against ``url`` for a warm-up step and the measured ones."""
-    flags = ["--max-steps", str(1 + context.steps), "--max-completion-length", str(length), "--server-timeout", "120"]
-    if adapter is not None:
-        flags += ["--init-adapter", adapter]
-    rows = train_metrics(context, url, flags, "ours.log")
+    """``grpo-math train`` (the recipe's defaults) against ``url`` for an untimed first step and the
+    measured ones."""
+    settings = TrainSettings(
+        server_url=(url,),
+        max_steps=1 + context.measured_steps,
+        max_completion_length=length,
+        server_timeout=120,
+        init_adapter=adapter,
+    )
+    rows = train_metrics(context, settings, "ours.log")
     if rows is None:
         return {"error": f"grpo-math train wrote no metrics; see {context.output_dir / 'ours.log'}"}
-    rows = rows[1:]  # after the warm-up step
+    rows = rows[1:]  # after the untimed first step
     return {
-        "steps": [row["time/step_s"] for row in rows],
+        "steps": [row[names.STEP_SECONDS] for row in rows],
         "split": {
-            "sample": [row["time/sample_s"] for row in rows],
-            "score": [row["time/score_s"] for row in rows],
-            "train": [row["time/train_s"] + row["time/optimizer_s"] for row in rows],
-            "push": [row["time/push_s"] for row in rows],
+            "sample": [row[names.time_key("sample")] for row in rows],
+            "score": [row[names.time_key("score")] for row in rows],
+            "train": [row[names.time_key("train")] + row[names.time_key("optimizer")] for row in rows],
+            "push": [row[names.time_key("push")] for row in rows],
         },
-        "push_bytes": rows[-1]["push_bytes"],
-        "completion_length_mean": statistics.mean(row["completion_length_mean"] for row in rows),
+        "push_bytes": rows[-1][names.PUSH_BYTES],
+        "completion_length_mean": statistics.mean(row[names.COMPLETION_LENGTH_MEAN] for row in rows),
     }
 
 
@@ -100,7 +95,7 @@ def trl_recipe(context, mode: str, length: int, adapter: str | None) -> dict:
         "--mode",
         mode,
         "--steps",
-        str(1 + context.steps),
+        str(1 + context.measured_steps),
         "--max-completion-length",
         str(length),
     ]
@@ -154,7 +149,7 @@ def trl_async(context, length: int) -> dict:
             "--model",
             model,
             "--steps",
-            str(1 + context.steps),
+            str(1 + context.measured_steps),
             "--max-completion-length",
             str(length),
         ]
@@ -165,7 +160,7 @@ def trl_async(context, length: int) -> dict:
 
 
 def step_time(context) -> list[Figure]:
-    adapter = context.warmup_adapter()
+    adapter = context.sft_adapter()
     figures = []
     flags = ["--max-model-len", "2048"]
     logs = context.output_dir
@@ -173,7 +168,7 @@ def step_time(context) -> list[Figure]:
         LocalServer([*flags, "--adapter-mode", "lora"], logs / "step-lora-server.log") as lora_server,
         LocalServer([*flags, "--adapter-mode", "merge"], logs / "step-merge-server.log") as merge_server,
     ):
-        for length in context.lengths:
+        for length in context.max_completion_lengths:
             runs, medians = compare_at_length(context, length, adapter, lora_server.url, merge_server.url)
             context.raw.setdefault("step_time", {})[str(length)] = runs
             context.cache.setdefault("ours_runs", []).extend(runs.get("merge", []) + runs.get("lora", []))
@@ -274,7 +269,7 @@ def adapter_sync(context) -> list[Figure]:
         with LocalServer(
             ["--max-model-len", "2048", "--adapter-mode", "merge"], context.output_dir / "sync-server.log"
         ) as local:
-            runs = [ours(context, local.url, context.lengths[0], context.warmup_adapter())]
+            runs = [ours(context, local.url, context.max_completion_lengths[0], context.sft_adapter())]
     pushed = runs[0]["push_bytes"]
     shares = [push / step for run in runs for push, step in zip(run["split"]["push"], run["steps"])]
     qwen = lora_bytes(QWEN_3B["hidden"], QWEN_3B["layers"], QWEN_3B["kv_heads"], QWEN_3B["head_dim"])

@@ -14,10 +14,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("generator_server.__main__", "run the generator server (vLLM, grouped sampling, LoRA hot-load)"),
     "train": ("trainer.train", "GRPO on a 4-bit LoRA model, sampling from the server, pushing the adapter every step"),
-    "sft": ("trainer.sft", "supervised format warm-up of the 4-bit LoRA adapter (before GRPO on small models)"),
-    "eval": ("trainer.evaluate", "GSM8K test accuracy of the base model and adapters, with intervals and a chart"),
+    "sft": ("trainer.sft", "SFT, the format warm-up of the 4-bit LoRA adapter (before GRPO on small models)"),
+    "eval": ("trainer.evaluate", "test accuracy of the base model and adapters, with intervals and a chart"),
     "report": ("trainer.report", "render a run's curves (rewards, format rate, lengths, timing) to PNGs"),
-    "demo": ("grpo_math.demo", "the CPU demo: server, format warm-up, GRPO, report (what `make demo` runs)"),
+    "demo": ("grpo_math.demo", "the CPU demo: server, SFT, GRPO, evaluation, report (what `make demo` runs)"),
     "study": ("grpo_math.study", "does GRPO teach the maths? long runs over seeds, test accuracy with intervals"),
     "bench": ("benchmarks.bench", "throughput and memory against the peers, as ratios measured side by side"),
     "embedded-model": ("grpo_math.cli", "print the embedded CPU model's folder, converting it on first use"),
@@ -29,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="grpo-math",
+        usage="grpo-math COMMAND [FLAGS ...]",
         description="GRPO for grade-school math: a vLLM generator server and a 4-bit LoRA trainer.",
-        epilog="Run `grpo-math COMMAND --help` for a command's flags and their defaults.",
+        epilog=_commands_help() + "\n\nRun `grpo-math COMMAND --help` for a command's flags and their defaults.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help=_commands_help())
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="one of the commands below")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     command = parser.parse_args(argv[:1]).command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    from shared.models import plain_bitsandbytes_notices
+
+    plain_bitsandbytes_notices()
     if command == "embedded-model":
         return embedded_model(argv[1:])
     if command == "nf4-copy":
@@ -78,7 +83,9 @@ def nf4_copy(argv: list[str]) -> int:
 
 
 def _commands_help() -> str:
-    return "; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items())
+    """One command per line, as ``git`` and ``vllm`` list theirs."""
+    width = max(map(len, COMMANDS)) + 2
+    return "commands:\n" + "\n".join(f"  {name:<{width}}{text}" for name, (_, text) in COMMANDS.items())
 
 
 if __name__ == "__main__":

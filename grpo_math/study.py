@@ -1,23 +1,29 @@
 """``grpo-math study``: does GRPO teach the embedded model the maths, or only the format? Measured
-over seeds, on the same GSM8K test questions, with 95 % intervals.
+over seeds, on the same test questions, with 95 % intervals.
 
 1. starts ``grpo-math serve`` (merge mode on CPU) and evaluates the base model greedily on the first
-   ``--questions`` test questions with ``--base-max-tokens`` (1024: its answers are not cut off);
-2. for each seed: format warm-up (``grpo-math sft``, that seed), then GRPO with the recipe's four
-   rewards, evaluating the adapter greedily on the same questions every ``--eval-every`` steps
-   (``eval/*`` rows in the run's metrics.jsonl), and a final evaluation that keeps every completion;
+   ``--eval-limit`` test questions with ``--base-max-completion-length`` (its answers are not cut off);
+2. for each seed, the pipeline of ``grpo_math/pipeline.py``: SFT (the format warm-up, that seed),
+   GRPO with the recipe's four rewards, evaluating the adapter greedily on the same questions every
+   ``--eval-every`` steps (``eval/*`` rows in the run's metrics.jsonl), and a final evaluation that
+   keeps every completion;
 3. writes ``study.json`` (the settings, the base model's and each seed's final metrics with Wilson
    intervals, the failure kinds of every final answer), ``curves.png`` (each reward and the test
-   accuracies by step, one line per seed, overlaid) and ``results.md`` (the table the README quotes).
+   accuracies by step, one line per seed, overlaid) and ``results.md`` (the table the docs quote).
+
+A seed whose evaluation finished is kept when the study runs again with the same ``--output-dir``
+(so an interrupted study continues with the seeds it lacks); a seed that fails is reported as
+failed and the study goes on with the next.
 
 One study is one setting. To find what moves the answer-correctness reward, change one flag per
-study (``--num-generations 16``, ``--max-completion-length 512``, ``--learning-rate``, ``--lr-scheduler-type``,
-``--temperature``, ``--sft-steps``) and put the studies side by side with ``--compare``.
+study (``--num-generations 16``, ``--max-completion-length 512``, ``--learning-rate``,
+``--lr-scheduler-type``, ``--temperature``, ``--sft-steps``) and put the studies side by side
+with ``--compare``.
 
 The goal: strict accuracy after GRPO above the base model's lenient accuracy (the last number of
 its answer, whatever the format), its interval clear of the base's, on every seed.
 
-    grpo-math study                                   # runs/study-<time>/, ≈ 50 min per seed on 2 cores
+    grpo-math study                                   # runs/study-<time>/
     grpo-math study --num-generations 16 --output-dir runs/study-g16
     grpo-math study --compare runs/study-a runs/study-g16   # one table of finished studies
     grpo-math study --quick                           # a few steps, one seed, 8 questions (the slow test)
@@ -30,11 +36,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from grpo_math.local_server import LocalServer
-from shared.settings import at_least, check_fields, parse_settings, positive, require, setting
+from grpo_math import recipe
+from grpo_math.pipeline import Phases, PipelineError, generator_server, run_pipeline
+from shared.settings import at_least, check_fields, parse_settings, positive, require, setting, write_config
 
 QUICK = dict(
-    seeds=(1,), questions=8, base_max_tokens=64, sft_steps=4, grpo_steps=3, eval_every=2, max_completion_length=64
+    seeds=(1,),
+    eval_limit=8,
+    base_max_completion_length=64,
+    sft_steps=4,
+    grpo_steps=3,
+    eval_every=2,
+    max_completion_length=64,
 )
 ACCURACIES = ("strict_accuracy", "lenient_accuracy", "strict_format_rate")
 # What went wrong in an answer, one kind each, in this order of precedence.
@@ -52,16 +65,23 @@ FAILURE_KINDS = (
 @dataclass(frozen=True)
 class StudySettings:
     output_dir: str | None = setting(None, "study folder; none = runs/study-<time>")
-    seeds: tuple[int, ...] = setting((1, 2, 3), "one warm-up + GRPO run per seed")
-    questions: int = setting(200, "the first N GSM8K test questions, for every evaluation", check=at_least(1))
-    base_max_tokens: int = setting(1024, "completion tokens of the base model's evaluation", check=at_least(1))
-    sft_steps: int = setting(40, "format warm-up steps (batch 4, lr 1e-3, as the demo)", check=at_least(1))
+    dataset: str = setting("gsm8k", "questions and worked solutions: gsm8k, gsm8k-hub or a JSONL file")
+    seeds: tuple[int, ...] = setting((1, 2, 3), "one SFT + GRPO run per seed")
+    eval_limit: int = setting(200, "the first N test questions, for every evaluation", check=at_least(1))
+    base_max_completion_length: int = setting(
+        1024, "most tokens per completion in the base model's evaluation", check=at_least(1)
+    )
+    sft_steps: int = setting(recipe.SFT_STEPS, "SFT (format warm-up) steps", check=at_least(1))
     grpo_steps: int = setting(150, "GRPO steps per seed", check=at_least(1))
     eval_every: int = setting(25, "evaluate the adapter every N GRPO steps", check=at_least(1))
     num_generations: int = setting(8, "completions per question (G)", check=at_least(2))
-    max_completion_length: int = setting(256, "GRPO and evaluation completion tokens", check=at_least(1))
-    learning_rate: float = setting(3e-4, "GRPO learning rate", check=positive())
-    lr_scheduler_type: Literal["linear", "constant"] = setting("constant", "GRPO learning-rate schedule")
+    max_completion_length: int = setting(
+        recipe.MAX_COMPLETION_LENGTH, "most tokens per completion, GRPO and its evaluations", check=at_least(1)
+    )
+    learning_rate: float = setting(recipe.GRPO_LEARNING_RATE, "GRPO learning rate", check=positive())
+    lr_scheduler_type: Literal["linear", "constant"] = setting(
+        recipe.GRPO_LR_SCHEDULER_TYPE, "GRPO learning-rate schedule"
+    )
     temperature: float = setting(1.0, "GRPO sampling temperature", check=positive())
     max_staleness: int = setting(0, "GRPO --max-staleness (0 = synchronous)", check=at_least(0))
     quick: bool = setting(False, f"a few steps on one seed and 8 questions: {QUICK}")
@@ -74,55 +94,42 @@ class StudySettings:
             require((Path(folder) / "study.json").is_file(), "compare", f"{folder}: no study.json (not a study)")
 
 
-# ---- the commands each phase runs, built just before it runs ----------------------------------
-
-
-def warmup_settings(study: StudySettings, seed_dir: Path, seed: int):
-    from trainer.sft import SFTSettings
-
-    return SFTSettings(
-        output_dir=str(seed_dir / "warmup"),
-        max_steps=study.sft_steps,
-        batch_size=4,
-        learning_rate=1e-3,
-        seed=seed,
-        report_to="none",
+def seed_phases(study: StudySettings, seed: int) -> Phases:
+    """The pipeline of one seed: SFT, GRPO with periodic evaluation, the final evaluation."""
+    return Phases(
+        sft=dict(max_steps=study.sft_steps, seed=seed, report_to="none", dataset=study.dataset),
+        grpo=dict(
+            seed=seed,
+            dataset=study.dataset,
+            max_steps=study.grpo_steps,
+            num_generations=study.num_generations,
+            max_completion_length=study.max_completion_length,
+            temperature=study.temperature,
+            learning_rate=study.learning_rate,
+            lr_scheduler_type=study.lr_scheduler_type,
+            max_staleness=study.max_staleness,
+            eval_every=study.eval_every,
+            eval_limit=study.eval_limit,
+            save_every=25,
+            report_to="none",
+        ),
+        evaluation=dict(
+            eval_limit=study.eval_limit, max_completion_length=study.max_completion_length, dataset=study.dataset
+        ),
     )
 
 
-def grpo_settings(study: StudySettings, seed_dir: Path, seed: int, server_url: str):
-    from trainer.settings import TrainSettings
-
-    return TrainSettings(
-        server_url=(server_url,),
-        init_adapter=str(seed_dir / "warmup"),
-        output_dir=str(seed_dir / "grpo"),
-        seed=seed,
-        max_steps=study.grpo_steps,
-        num_generations=study.num_generations,
-        max_completion_length=study.max_completion_length,
-        temperature=study.temperature,
-        learning_rate=study.learning_rate,
-        lr_scheduler_type=study.lr_scheduler_type,
-        max_staleness=study.max_staleness,
-        eval_every=study.eval_every,
-        eval_limit=study.questions,
-        save_every=25,
-        report_to="none",
+def base_phases(study: StudySettings, study_dir: Path) -> Phases:
+    """The base model alone, at its own (longer) completion length, into ``study_dir/base``."""
+    evaluation = dict(
+        output_dir=str(study_dir / "base"),
+        base=True,
+        adapter=(),
+        eval_limit=study.eval_limit,
+        max_completion_length=study.base_max_completion_length,
+        dataset=study.dataset,
     )
-
-
-def eval_settings(study: StudySettings, server_url: str, output_dir: Path, adapter: str | None):
-    from trainer.evaluate import EvalSettings
-
-    return EvalSettings(
-        server_url=server_url,
-        base=adapter is None,
-        adapter=() if adapter is None else (adapter,),
-        limit=study.questions,
-        max_tokens=study.base_max_tokens if adapter is None else study.max_completion_length,
-        output_dir=str(output_dir),
-    )
+    return Phases(sft=None, grpo=None, evaluation=evaluation)
 
 
 # ---- what the study reports -------------------------------------------------------------------
@@ -206,29 +213,28 @@ def curves_chart(study_dir: Path, seeds: tuple[int, ...], base: dict) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from shared.rewards import REWARD_FUNCTIONS
-    from trainer.report import smooth
+    from trainer import metrics as names
+    from trainer.report import REWARD_KEYS, smooth
 
-    reward_keys = ("reward", *(f"rewards/{reward.name}" for reward in REWARD_FUNCTIONS))
-    eval_keys = ("eval/strict_accuracy", "eval/lenient_accuracy", "eval/strict_format_rate")
+    eval_keys = tuple(names.eval_key(name) for name in ACCURACIES)
     figure, axes = plt.subplots(2, 4, figsize=(18, 8))
     panels = list(axes.flat)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, seed in zip(colours, seeds):
         rows = read_rows(study_dir / f"seed-{seed}" / "grpo" / "metrics.jsonl")
-        trained = [row for row in rows if "reward" in row]
-        for axis, key in zip(panels, reward_keys):
-            steps = [row["step"] for row in trained]
+        trained = [row for row in rows if names.REWARD in row]
+        for axis, key in zip(panels, REWARD_KEYS):
+            steps = [row[names.STEP] for row in trained]
             axis.plot(steps, smooth([row[key] for row in trained], window=10), color=colour, label=f"seed {seed}")
             axis.set_title(f"{key} (mean of 10 steps)", fontsize=9)
-        evaluated = [row for row in rows if "eval/strict_accuracy" in row]
-        for axis, key in zip(panels[len(reward_keys) :], eval_keys):
-            axis.plot([row["step"] for row in evaluated], [row[key] for row in evaluated], "o-", color=colour)
+        evaluated = [row for row in rows if eval_keys[0] in row]
+        for axis, key in zip(panels[len(REWARD_KEYS) :], eval_keys):
+            axis.plot([row[names.STEP] for row in evaluated], [row[key] for row in evaluated], "o-", color=colour)
             axis.set_title(f"{key}, greedy on the test questions", fontsize=9)
-    panels[len(reward_keys)].axhline(
+    panels[len(REWARD_KEYS)].axhline(
         base["lenient_accuracy"]["value"], color="black", linestyle="--", label="base, lenient (goal)"
     )
-    panels[len(reward_keys)].legend(fontsize=8)
+    panels[len(REWARD_KEYS)].legend(fontsize=8)
     panels[0].legend(fontsize=8)
     for axis in panels:
         axis.set_xlabel("GRPO step")
@@ -256,7 +262,7 @@ def results_table(studies: dict[str, dict]) -> str:
         changed_text = ", ".join(f"{key}={value}" for key, value in changed.items()) or "—"
         base = study["base"]
         lines.append(
-            f"| {name} | {changed_text} | base ({study['settings']['base_max_tokens']} tokens) | "
+            f"| {name} | {changed_text} | base ({study['settings']['base_max_completion_length']} tokens) | "
             + " | ".join(percent(base[metric]) for metric in ACCURACIES)
             + " | |"
         )
@@ -266,42 +272,50 @@ def results_table(studies: dict[str, dict]) -> str:
                 + " | ".join(percent(final[metric]) for metric in ACCURACIES)
                 + f" | {'met' if goal_met(final, base) else 'missed'} |"
             )
+        for seed, reason in study.get("failed", {}).items():
+            lines.append(f"| {name} | {changed_text} | seed {seed} | failed: {reason[:80]} | | | missed |")
     return "\n".join(lines) + "\n"
 
 
 # ---- the study ----------------------------------------------------------------------------------
 
 
-def run_study(study: StudySettings) -> Path:
-    from trainer.evaluate import run_eval
-    from trainer.sft import run_sft
-    from trainer.train import train
+def finished(eval_dir: Path) -> bool:
+    return (eval_dir / "summary.json").is_file()
 
+
+def run_study(study: StudySettings) -> Path:
     study_dir = Path(study.output_dir or Path("runs") / f"study-{datetime.now():%Y%m%d-%H%M%S}")
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "settings.json").write_text(json.dumps(asdict(study), indent=2) + "\n")
-    server = LocalServer([], study_dir / "server.log")
-    print(f"study {study_dir}: server {server.url} (log {server.log_path})", flush=True)
-    with server:
-        print(f"base model, {study.base_max_tokens} tokens, {study.questions} questions", flush=True)
-        run_eval(eval_settings(study, server.url, study_dir / "base", adapter=None))
+    write_config(study, study_dir / "settings.json")
+    failed: dict[str, str] = {}
+    with generator_server(study_dir) as server:
+        print(f"study {study_dir}: server {server.url} (log {server.log_path})", flush=True)
+        if not finished(study_dir / "base"):
+            run_pipeline(study_dir, server.url, base_phases(study, study_dir))
         for seed in study.seeds:
             seed_dir = study_dir / f"seed-{seed}"
-            print(f"seed {seed}: warm-up ({study.sft_steps} steps), GRPO ({study.grpo_steps} steps)", flush=True)
-            run_sft(warmup_settings(study, seed_dir, seed))
-            train(grpo_settings(study, seed_dir, seed, server.url))
-            run_eval(eval_settings(study, server.url, seed_dir / "eval", adapter=str(seed_dir / "grpo" / "final")))
-    print(write_report(study_dir, study))
+            if finished(seed_dir / "eval"):
+                print(f"seed {seed}: finished before, kept", flush=True)
+                continue
+            print(f"seed {seed}: SFT ({study.sft_steps} steps), GRPO ({study.grpo_steps} steps)", flush=True)
+            try:
+                run_pipeline(seed_dir, server.url, seed_phases(study, seed))
+            except PipelineError as error:
+                failed[str(seed)] = str(error)
+                print(f"seed {seed} failed, going on with the next: {error}", flush=True)
+    print(write_report(study_dir, study, failed))
     return study_dir
 
 
-def write_report(study_dir: Path, study: StudySettings) -> str:
-    """study.json, curves.png and results.md from the study's folders; returns the table."""
+def write_report(study_dir: Path, study: StudySettings, failed: dict[str, str]) -> str:
+    """study.json, curves.png and results.md from the study's folders; returns the table.
+    ``failed``: seed → why it failed, for seeds that have no final evaluation."""
     base = final_metrics(study_dir / "base")
-    seeds = {str(seed): final_metrics(study_dir / f"seed-{seed}" / "eval") for seed in study.seeds}
-    result = {"settings": asdict(study), "base": base, "seeds": seeds}
+    done = [seed for seed in study.seeds if finished(study_dir / f"seed-{seed}" / "eval")]
+    seeds = {str(seed): final_metrics(study_dir / f"seed-{seed}" / "eval") for seed in done}
+    result = {"settings": asdict(study), "base": base, "seeds": seeds, "failed": failed}
     (study_dir / "study.json").write_text(json.dumps(result, indent=2) + "\n")
-    curves_chart(study_dir, study.seeds, base)
+    curves_chart(study_dir, tuple(done), base)
     table = results_table({study_dir.name: result})
     (study_dir / "results.md").write_text(table + "\nFailure kinds of the final answers:\n\n" + kinds_table(result))
     return table

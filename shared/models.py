@@ -56,9 +56,8 @@ def embedded_model_dir() -> Path:
 def nf4_dequantized_dir(model_path: str) -> Path:
     """A copy of ``model_path`` whose linear weights went through nf4 (double quant) and back to
     bf16: the very values the 4-bit trainer computes with. Served by vLLM (0.32 has no bitsandbytes
-    quantization), it keeps the sampler and the trainer on the same model: measured on the embedded
-    model, the per-token |Δ logprob| between a bf16 server and the nf4 trainer is 0.55 (sequence
-    sums of −12 to −49, so every importance weight vanishes), against 0.035 for a bf16 trainer."""
+    quantization), it keeps the sampler and the trainer on the same model; without it the
+    sampler–trainer gap makes every importance weight vanish (docs/reliability.md has the figures)."""
     return _build_once(
         cache_dir() / f"{Path(model_path).name}-nf4-dequantized", lambda staging: _dequantize_nf4(model_path, staging)
     )
@@ -92,7 +91,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.info("converting the embedded model %s to %s (once, ~30 s)", gguf_path.name, target)
+    logger.info("converting the embedded model %s to %s (once)", gguf_path.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     config = gguf_model.config
@@ -104,6 +103,27 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     model.generation_config = gguf_model.generation_config
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+
+
+class _PlainKernelsNotice(logging.Filter):
+    """bitsandbytes warns on every CPU start that it could not load an optional kernel from the
+    ``kernels`` package, which reads like a fault. That package downloads kernels from the hub, so
+    it stays out; this says once, plainly, what runs instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "gemm_4bit_forward" in record.getMessage():
+            record.msg, record.args = (
+                "bitsandbytes: 4-bit layers on CPU run bitsandbytes' built-in kernels (the optional `kernels` "
+                "package, which downloads kernels from the hub, is not installed)",
+                (),
+            )
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def plain_bitsandbytes_notices() -> None:
+    """Install ``_PlainKernelsNotice`` (before bitsandbytes is imported); the CLI calls it."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_PlainKernelsNotice())
 
 
 def nf4_quantization_config(compute_dtype):

@@ -222,6 +222,15 @@ def config_arguments(settings_type: type, config: dict) -> list[str]:
     return arguments
 
 
+def write_config(settings, path: str | Path) -> Path:
+    """Settings as the JSON file ``--config`` reads back: how a run records its settings
+    (``settings.json``) and how settings reach a child process."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataclasses.asdict(settings), indent=2, default=str) + "\n")
+    return path
+
+
 def read_config(path: str) -> dict:
     """A YAML or JSON file holding one mapping of settings."""
     text = Path(path).read_text()

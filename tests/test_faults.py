@@ -17,39 +17,30 @@ import pytest
 
 from benchmarks.soak import run_soak
 from grpo_math.local_server import LocalServer, free_port
+from shared.settings import write_config
+from trainer.batching import question_indices
 from trainer.generators import GeneratorError, GrpoMathServer
-from trainer.train import question_indices
+from trainer.settings import TrainSettings
 
 pytestmark = pytest.mark.slow
 
 SERVER_FLAGS = ["--enforce-eager", "--kv-cache-bytes", str(256 * 2**20), "--max-model-len", "1024"]
-TRAIN_FLAGS = [
-    "--max-completion-length",
-    "16",
-    "--learning-rate",
-    "1e-3",
-    "--report-to",
-    "none",
-    "--seed",
-    "0",
-    "--lora-dropout",
-    "0",
-]
 
 
-def start_trainer(url: str, run_dir: Path, log: Path, *flags: str) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "grpo_math",
-        "train",
-        "--server-url",
-        url,
-        "--output-dir",
-        str(run_dir),
-        *TRAIN_FLAGS,
-        *flags,
-    ]
+def start_trainer(url: str, run_dir: Path, log: Path, **settings) -> subprocess.Popen:
+    """``grpo-math train --config FILE`` in a process of its own; ``settings``: ``TrainSettings`` fields."""
+    train_settings = TrainSettings(
+        server_url=(url,),
+        output_dir=str(run_dir),
+        max_completion_length=16,
+        learning_rate=1e-3,
+        report_to="none",
+        seed=0,
+        lora_dropout=0.0,
+        **settings,
+    )
+    config = write_config(train_settings, log.parent / f"train-config-{time.monotonic_ns()}.json")
+    command = [sys.executable, "-m", "grpo_math", "train", "--config", str(config)]
     return subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT)  # noqa: SIM115 (closed with the process)
 
 
@@ -79,12 +70,9 @@ def test_the_server_killed_and_restarted_mid_run_loses_no_step(tmp_path):
         first.url,
         tmp_path / "run",
         tmp_path / "train.log",
-        "--max-steps",
-        "6",
-        "--save-every",
-        "0",
-        "--server-retry-seconds",
-        "180",
+        max_steps=6,
+        save_every=0,
+        server_retry_seconds=180,
     )
     try:
         wait_for(lambda: len(metrics(tmp_path / "run")) >= 2, timeout=300)
@@ -109,12 +97,9 @@ def test_a_server_that_stays_away_stops_the_run_with_a_clear_error(tmp_path):
         server.url,
         tmp_path / "run",
         tmp_path / "train.log",
-        "--max-steps",
-        "6",
-        "--save-every",
-        "0",
-        "--server-retry-seconds",
-        "8",
+        max_steps=6,
+        save_every=0,
+        server_retry_seconds=8,
     )
     wait_for(lambda: len(metrics(tmp_path / "run")) >= 1, timeout=300)
     server.kill()
@@ -131,13 +116,11 @@ def shared_server(tmp_path_factory):
 
 def test_the_trainer_killed_mid_step_resumes_with_each_step_once(shared_server, tmp_path):
     run_dir = tmp_path / "run"
-    trainer = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", "--max-steps", "6", "--save-every", "2")
+    trainer = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", max_steps=6, save_every=2)
     wait_for(lambda: len(metrics(run_dir)) >= 3, timeout=300)
     trainer.send_signal(signal.SIGKILL)
     trainer.wait()
-    resumed = start_trainer(
-        shared_server.url, run_dir, tmp_path / "train.log", "--max-steps", "6", "--save-every", "2", "--resume"
-    )
+    resumed = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", max_steps=6, save_every=2, resume=True)
     assert resumed.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
     assert_each_step_once_in_order(metrics(run_dir), 6)
 
@@ -145,14 +128,12 @@ def test_the_trainer_killed_mid_step_resumes_with_each_step_once(shared_server, 
 def test_the_trainer_killed_during_a_checkpoint_save_resumes_from_the_one_before(shared_server, tmp_path):
     run_dir = tmp_path / "run"
     partial = run_dir / "checkpoints" / "step-000004.partial"
-    trainer = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", "--max-steps", "6", "--save-every", "2")
+    trainer = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", max_steps=6, save_every=2)
     wait_for(partial.exists, timeout=300, interval=0.002)
     trainer.send_signal(signal.SIGKILL)  # while step 4's checkpoint is being written
     trainer.wait()
     assert partial.exists() and not (run_dir / "checkpoints" / "step-000004").exists()
-    resumed = start_trainer(
-        shared_server.url, run_dir, tmp_path / "train.log", "--max-steps", "6", "--save-every", "2", "--resume"
-    )
+    resumed = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", max_steps=6, save_every=2, resume=True)
     assert resumed.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
     assert (
         "resumed from" in (tmp_path / "train.log").read_text() and "step-000002" in (tmp_path / "train.log").read_text()
@@ -204,12 +185,9 @@ def test_https_with_the_trainers_ca_bundle(tmp_path):
             server.url,
             tmp_path / "run",
             tmp_path / "train.log",
-            "--max-steps",
-            "1",
-            "--save-every",
-            "0",
-            "--ca-bundle",
-            str(certificate),
+            max_steps=1,
+            save_every=0,
+            ca_bundle=str(certificate),
         )
         assert trainer.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()[-3000:]
         assert verified.active_version() == 1

@@ -47,7 +47,7 @@ def test_the_table_names_what_each_study_changed_and_whether_the_goal_was_met():
     base = {metric: rate(0.05, 0.03, 0.09) for metric in ("strict_accuracy", "lenient_accuracy", "strict_format_rate")}
     after = {"strict_accuracy": rate(0.2, 0.15, 0.26), "lenient_accuracy": rate(0.2, 0.15, 0.26)}
     after["strict_format_rate"] = rate(0.9, 0.85, 0.93)
-    settings = {"num_generations": 8, "base_max_tokens": 1024, "output_dir": "a"}
+    settings = {"num_generations": 8, "base_max_completion_length": 1024, "output_dir": "a"}
     studies = {
         "a": {"settings": settings, "base": base, "seeds": {"1": after}},
         "g16": {"settings": {**settings, "num_generations": 16, "output_dir": "b"}, "base": base, "seeds": {"1": base}},
@@ -68,10 +68,10 @@ def test_quick_study_writes_every_output_with_finite_figures(tmp_path, capsys):
     assert main(["--quick", "--output-dir", str(tmp_path)]) == 0
     for name in ("study.json", "results.md", "curves.png", "settings.json", "base/completions.jsonl"):
         assert (tmp_path / name).is_file(), name
-    for name in ("warmup/adapter_config.json", "grpo/metrics.jsonl", "grpo/final/adapter_config.json"):
+    for name in ("sft/adapter_config.json", "grpo/metrics.jsonl", "grpo/final/adapter_config.json"):
         assert (tmp_path / "seed-1" / name).is_file(), name
     result = json.loads((tmp_path / "study.json").read_text())
-    assert list(result["seeds"]) == ["1"] and result["settings"]["questions"] == 8
+    assert list(result["seeds"]) == ["1"] and result["settings"]["eval_limit"] == 8
 
     def numbers(value):
         if isinstance(value, dict):
