@@ -27,16 +27,17 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: lint
+	$(VENV)/bin/mkdocs build --strict --quiet
 	$(VENV)/bin/pytest -m "not slow and not gpu"
 
 test-slow: setup
 	$(VENV)/bin/pytest -m "slow and not gpu"
 
-# The CPU demo: server in the background, format warm-up, GRPO (~15 min in all on 2 cores), report.
+# The CPU demo: server in the background, SFT format warm-up, GRPO, report (timings: docs/performance.md).
 demo: setup
 	$(VENV)/bin/grpo-math demo
 
-# Throughput against the peers (see the README's Performance section); ~1 h on 2 cores.
+# Throughput against the peers; the measured figures and their run times: docs/performance.md.
 bench: setup
 	$(VENV)/bin/grpo-math bench --all
 
@@ -45,15 +46,18 @@ soak: setup
 	$(VENV)/bin/python -m benchmarks.soak --seconds 300
 
 # The cpu image without an image registry or a package index inside builds (debootstrap base,
-# host-made wheelhouse); then `docker compose --profile cpu up` trains 2 steps and cleans up.
-docker-cpu: setup
+# host-made wheelhouse); then `docker compose -f compose.cpu.yaml up` trains 2 steps and cleans up.
+# The host's checks come first, before .venv: each missing Debian package named in one message.
+docker-cpu:
+	scripts/docker-cpu.sh --check
+	$(MAKE) setup
 	scripts/docker-cpu.sh
 
 docker-cpu-test: docker-cpu
 	scripts/docker-cpu-test.sh
 
 # Wheels a bare GPU machine (Python 3.12, torch/transformers/peft/accelerate, no index) lacks for
-# scripts/gpu_check.py: 46 MB, under the 64 MiB that may travel beside the checkout.
+# scripts/gpu_check.py (see docs/deploy.md, "Checking the CUDA path").
 gpu-check-wheels: setup
 	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
