@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.measure import Figure, Interleaved, ratio_figure, sampling_rate, value_figure
 from benchmarks.random_adapter import save_random_adapter
-from grpo_math.local_server import LocalServer
+from grpo_math.local_server import LocalServer, die_with_parent
 from shared.gsm8k import load_gsm8k
 from shared.models import nf4_dequantized_dir, resolve_model
 from shared.protocol import AdapterUpload, GenerateRequest
@@ -44,6 +44,7 @@ def server_overhead(context) -> list[Figure]:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
+            preexec_fn=die_with_parent,  # the offline engine ends with the bench, however it ends
         )
 
     def answer() -> dict:

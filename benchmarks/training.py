@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.measure import Figure, Interleaved, ratio_figure, value_figure
-from grpo_math.local_server import LocalServer
+from grpo_math.local_server import LocalServer, die_with_parent
 from shared.models import nf4_dequantized_dir, resolve_model
 from shared.settings import write_config
 from trainer import metrics as names
@@ -36,7 +36,15 @@ def run_process(command: list[str], log_path: Path, timeout: float) -> str:
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout, check=False)
+        result = subprocess.run(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            timeout=timeout,
+            check=False,
+            preexec_fn=die_with_parent,
+        )
     return result.stdout
 
 

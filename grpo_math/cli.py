@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("trainer.report", "render a run's curves (rewards, format rate, lengths, timing) to PNGs"),
     "demo": ("grpo_math.demo", "the CPU demo: server, SFT, GRPO, evaluation, report (what `make demo` runs)"),
     "study": ("grpo_math.study", "does GRPO teach the maths? long runs over seeds, test accuracy with intervals"),
+    "calibrate": (
+        "grpo_math.calibrate",
+        "which difficulty of the generated task suits the model (base, SFT accuracy)",
+    ),
     "bench": ("benchmarks.bench", "throughput and memory against the peers, as ratios measured side by side"),
     "embedded-model": ("grpo_math.cli", "print the embedded CPU model's folder, converting it on first use"),
     "nf4-copy": ("grpo_math.cli", "print the folder of a model's nf4-dequantized copy (what a sampler should serve)"),
@@ -42,9 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     command = parser.parse_args(argv[:1]).command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    from grpo_math.local_server import exit_on_termination
     from shared.models import plain_bitsandbytes_notices
 
     plain_bitsandbytes_notices()
+    if command != "serve":  # uvicorn shuts the server down on SIGTERM itself
+        exit_on_termination()  # SIGTERM unwinds like Ctrl-C: every server a command started is stopped
     if command == "embedded-model":
         return embedded_model(argv[1:])
     if command == "nf4-copy":

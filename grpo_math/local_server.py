@@ -1,8 +1,15 @@
-"""A generator server as a child process on this machine: what the demo, the tests and the
-benchmark start and stop. It runs ``grpo-math serve`` (or another server program, such as
-``vllm serve``) on a free loopback port and waits until ``/health`` answers 200."""
+"""A generator server as a child process on this machine: what the demo, the study, the
+benchmark and the tests start and stop. It runs ``grpo-math serve`` (or another server program,
+such as ``vllm serve``) on a free loopback port and waits until ``/health`` answers 200.
+
+No server outlives the process that started it: ``with LocalServer(...)`` stops it on the way out
+(an exception included), ``exit_on_termination`` turns SIGTERM into that same way out, and the
+child is told by the kernel to stop (SIGTERM) when its parent dies any other way, SIGKILL included
+(``die_with_parent``, Linux's ``PR_SET_PDEATHSIG``).
+"""
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -12,6 +19,28 @@ import time
 from pathlib import Path
 
 import httpx
+
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child process: SIGTERM to it when the thread that started it ends.
+    Linux only; elsewhere a no-op."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exit_on_termination() -> None:
+    """SIGTERM raises ``SystemExit`` (as Ctrl-C raises ``KeyboardInterrupt``), so ``with`` blocks and
+    ``finally`` clauses run, and the servers they started are stopped, before the process ends."""
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
 
 
 def free_port() -> int:
@@ -52,19 +81,31 @@ class LocalServer:
         does not become healthy within ``timeout`` seconds."""
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(  # a session of its own: kill() ends the engine's processes too
-                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.environment, start_new_session=True
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
+        try:
+            self._wait_until_healthy(timeout)
+        except BaseException:  # not healthy, or interrupted while waiting: nothing is left running
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}; log:\n{self.log_tail()}")
             try:
                 if httpx.get(self.url + "/health", timeout=2, verify=self.ca_bundle or True).status_code == 200:
-                    return self
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(1)
-        self.stop()
         raise RuntimeError(f"server not healthy after {timeout} s; log:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 60) -> int | None:
@@ -74,9 +115,12 @@ class LocalServer:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return self.kill()
+        with contextlib.suppress(ProcessLookupError):  # anything of the engine's still in the group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return code
 
     def kill(self) -> int:
         """SIGKILL to the server and every process it started (a crash, as the fault tests make one)."""
