@@ -15,6 +15,7 @@ from pathlib import Path
 
 from grpo_math import recipe
 from grpo_math.local_server import LocalServer
+from shared.protocol import AdapterUpload
 
 
 class PipelineError(RuntimeError):
@@ -39,22 +40,25 @@ def generator_server(folder: Path, flags: tuple[str, ...] = ()) -> Iterator[Loca
         yield server
 
 
-def run_pipeline(run_dir: Path, server_url: str, phases: Phases, progress=print) -> Path:
+def run_pipeline(run_dir: Path, server_url: str, phases: Phases, progress=print, resume: bool = False) -> Path:
     """SFT → GRPO → evaluation against the server at ``server_url``; returns ``run_dir``. GRPO
     starts from the SFT adapter when there is one; the evaluation measures the GRPO adapter (and,
-    with ``compare``, the SFT adapter and the base model beside it)."""
+    with ``compare``, the SFT adapter and the base model beside it). With ``resume``, a phase
+    whose output is complete is skipped and an interrupted GRPO phase continues from its newest
+    checkpoint, so a long measurement continues where it stopped."""
+    from trainer.checkpoints import list_checkpoints
     from trainer.evaluate import run_eval
     from trainer.sft import run_sft
     from trainer.train import train
 
     run_dir.mkdir(parents=True, exist_ok=True)
     sft_dir, grpo_dir = run_dir / "sft", run_dir / "grpo"
-    if phases.sft is not None:
+    if phases.sft is not None and not (resume and AdapterUpload.is_adapter_folder(sft_dir)):
         progress(f"SFT (format warm-up): {phases.sft.get('max_steps', recipe.SFT_STEPS)} steps")
         run_phase("sft", lambda: run_sft(recipe.sft_settings(sft_dir, **phases.sft)))
-    if phases.grpo is not None:
+    if phases.grpo is not None and not (resume and AdapterUpload.is_adapter_folder(grpo_dir / "final")):
         start = {"init_adapter": str(sft_dir)} if phases.sft is not None else {}
-        settings = {**start, **phases.grpo}
+        settings = {**start, **phases.grpo, "resume": resume and bool(list_checkpoints(grpo_dir))}
         progress(f"GRPO: {settings.get('max_steps', 'the default number of')} steps")
         run_phase("grpo", lambda: train(recipe.grpo_settings(server_url, grpo_dir, **settings)))
     if phases.evaluation is not None:
@@ -62,8 +66,11 @@ def run_pipeline(run_dir: Path, server_url: str, phases: Phases, progress=print)
         if not phases.evaluation.get("compare"):
             adapters = adapters[-1:]  # the last adapter the pipeline made
         settings = {"adapter": tuple(adapters), **phases.evaluation}
-        progress(f"evaluation: {', '.join(('base',) * bool(settings.get('compare')) + settings['adapter'])}")
-        run_phase("evaluation", lambda: run_eval(recipe.eval_settings(server_url, run_dir / "eval", **settings)))
+        output_dir = Path(settings.pop("output_dir", run_dir / "eval"))
+        if not (resume and (output_dir / "summary.json").is_file()):
+            names = ("base",) * bool(settings.get("compare") or settings.get("base")) + settings["adapter"]
+            progress(f"evaluation: {', '.join(names)}")
+            run_phase("evaluation", lambda: run_eval(recipe.eval_settings(server_url, output_dir, **settings)))
     return run_dir
 
 
