@@ -75,13 +75,27 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
 
     >>> [round(x, 3) for x in wilson_interval(8, 10)]
     [0.49, 0.943]
+    >>> wilson_interval(100, 100)[1], wilson_interval(0, 100)[0]  # exact at the ends, not 1 − 1e-16
+    (1.0, 0.0)
     """
     if total == 0:
         return (0.0, 1.0)
     rate = successes / total
     centre = (rate + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return (low, high)
+
+
+def strictly_correct(text: str, answer: str) -> bool:
+    """The strict format, with the right answer in ``<SOLUTION>`` (strict accuracy's rule).
+
+    >>> strictly_correct("<start_working_out>7<end_working_out><SOLUTION> 1,080 </SOLUTION>", "1080")
+    True
+    """
+    strict = strict_answer(text)
+    return strict is not None and strict == normalise_answer_text(answer)
 
 
 def verdicts(problem: MathProblem, text: str, token_count: int, finish_reason: str) -> dict:
