@@ -22,7 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from shared.gsm8k import BUNDLED, MathProblem, load_gsm8k
+from shared.datasets import dataset_problem, load_problems
+from shared.gsm8k import BUNDLED, MathProblem
 from shared.protocol import AdapterUpload
 from shared.settings import Check, SettingsError, at_least, check_fields, parse_settings, read_api_key, require, setting
 from trainer.evaluation import RATE_METRICS, bar_chart, evaluate
@@ -50,7 +51,9 @@ class EvalSettings:
     adapter: tuple[str, ...] = setting((), "PEFT adapter folders to push (evaluation-only) and evaluate")
     adapter_version: tuple[int, ...] = setting((), "adapter versions already loaded on the server")
     compare: bool = setting(False, "also evaluate the base model, on the same questions")
-    dataset: str = setting(BUNDLED, "gsm8k (bundled), gsm8k-hub (openai/gsm8k) or a JSONL file in GSM8K's format")
+    dataset: str = setting(
+        BUNDLED, "gsm8k (bundled), gsm8k-hub (openai/gsm8k), arithmetic:D (D = 1..4) or a JSONL file in GSM8K's format"
+    )
     split: Literal["test", "train"] = setting("test", "the dataset's split (a JSONL file has one)")
     eval_limit: int | None = setting(None, "the first N questions (none = all)", check=at_least(1))
     shuffle: bool = setting(False, "take the questions in a random order seeded by --seed (with --eval-limit N)")
@@ -69,13 +72,14 @@ class EvalSettings:
         )
         for folder in self.adapter:
             require(AdapterUpload.is_adapter_folder(folder), "adapter", f"{folder}: not a PEFT adapter folder")
+        require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
         require(self.num_generations == 1 or self.temperature > 0, "num_generations", "k > 1 needs --temperature > 0")
 
 
 def load_questions(settings: EvalSettings) -> list[tuple[int, MathProblem]]:
     """(index in the split, question): the first ``--eval-limit``, or with ``--shuffle`` a seeded
     random choice of that many, in index order."""
-    indexed = list(enumerate(load_gsm8k(settings.split, dataset=settings.dataset)))
+    indexed = list(enumerate(load_problems(settings.split, settings.dataset)))
     if settings.shuffle:
         indexed = random.Random(settings.seed).sample(indexed, len(indexed))
     return sorted(indexed[: settings.eval_limit]) if settings.shuffle else indexed[: settings.eval_limit]

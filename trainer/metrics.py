@@ -33,6 +33,7 @@ PUSH_LOAD_MS = "push_load_ms"
 STEP_SECONDS = "time/step_s"
 GENERATION_TOKENS_PER_S = "generation_tokens_per_s"
 FORMAT_EXACT_RATE = "format_exact_rate"
+STRICT_ACCURACY = "strict_accuracy"  # sampled completions with the strict format and the right answer
 ENTROPY = "entropy"
 SAMPLER_GAP = "sampler_gap/mean_abs_logprob_diff"
 SAMPLER_GAP_KL = "sampler_gap/kl"
@@ -100,6 +101,7 @@ def metrics_row(
     stale_batches_dropped: int,
     reply: GenerateResponse,
     scores: RewardScores,
+    strictly_correct: list[bool],
     rewards: torch.Tensor,
     stats: LossStats,
     grad_norm: float,
@@ -108,7 +110,8 @@ def metrics_row(
     push_load_ms: float,
     timings: dict[str, float],
 ) -> dict[str, float]:
-    """The step's row. ``rewards``: (P, G) weighted totals."""
+    """The step's row. ``rewards``: (P, G) weighted totals; ``strictly_correct``: one verdict per
+    completion (P·G), strict format and the right answer."""
     completions = [completion for group in reply.groups for completion in group.completions]
     lengths = [len(completion.token_ids) for completion in completions]
     row = {
@@ -120,6 +123,7 @@ def metrics_row(
         REWARD: rewards.mean().item(),
         REWARD_STD: rewards.std().item(),
         **{reward_key(name): sum(values) / len(values) for name, values in scores.per_function.items()},
+        STRICT_ACCURACY: sum(strictly_correct) / len(strictly_correct),
         ZERO_STD_GROUPS: int((rewards.std(dim=1) == 0).sum()),
         SEQUENCES_TRAINED: stats.sequences,
         COMPLETION_LENGTH_MEAN: sum(lengths) / len(lengths),

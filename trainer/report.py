@@ -1,11 +1,11 @@
 """``grpo-math report RUN_DIR``: the run's curves from ``metrics.jsonl``, as PNGs in ``RUN_DIR/report``.
 
 - ``rewards.png``: total reward and each reward function's mean by step (raw, and smoothed)
-- ``format.png``: strict-format rate by step
+- ``format.png``: the sampled completions' strict-format rate and strict accuracy by step
 - ``length.png``: completion length (mean, max) and the truncated fraction
 - ``timing.png``: seconds per step, by phase
 - ``eval.png``: the periodic evaluation's metrics, where the run has them
-- ``overview.png``: rewards and strict-format rate side by side (the README's figure)
+- ``overview.png``: rewards, strict-format rate and strict accuracy side by side
 
     grpo-math report runs/NAME
 """
@@ -25,6 +25,7 @@ from trainer import metrics as names  # noqa: E402
 
 REWARD_KEYS = (names.REWARD, *(names.reward_key(reward.name) for reward in REWARD_FUNCTIONS))
 TIME_KEYS = tuple(names.time_key(phase) for phase in names.PHASES)
+SAMPLED_RATES = (names.FORMAT_EXACT_RATE, names.STRICT_ACCURACY)
 
 
 def smooth(values: list[float], window: int = 5) -> list[float]:
@@ -74,7 +75,7 @@ def render(run_dir: Path) -> list[Path]:
     eval_keys = tuple(sorted({key for row in rows for key in row if key.startswith(names.eval_key(""))}))
     figures = {
         "rewards.png": [(REWARD_KEYS, "reward by step (thick: mean of the last 5)", True)],
-        "format.png": [((names.FORMAT_EXACT_RATE,), "strict-format rate", True)],
+        "format.png": [(SAMPLED_RATES, "sampled completions: strict format, right answer", True)],
         "length.png": [
             ((names.COMPLETION_LENGTH_MEAN, names.COMPLETION_LENGTH_MAX), "completion tokens", False),
             ((names.TRUNCATED_FRACTION,), "truncated fraction", False),
@@ -82,7 +83,7 @@ def render(run_dir: Path) -> list[Path]:
         "timing.png": [(TIME_KEYS + (names.STEP_SECONDS,), "seconds per step", False)],
         "overview.png": [
             (REWARD_KEYS, "reward by step (thick: mean of the last 5)", True),
-            ((names.FORMAT_EXACT_RATE,), "strict-format rate", True),
+            (SAMPLED_RATES, "sampled completions: strict format, right answer", True),
         ],
     }
     if eval_keys:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from shared.datasets import dataset_problem
 from shared.models import is_missing_folder
 from shared.protocol import AdapterUpload, HealthResponse
 from shared.rewards import REWARD_FUNCTIONS
@@ -58,7 +59,9 @@ class TrainSettings:
     )
     init_adapter: str | None = setting(None, "PEFT adapter folder to start from (e.g. the output of grpo-math sft)")
     dataset: str = setting(
-        "gsm8k", "training questions (its train split): gsm8k (bundled), gsm8k-hub (openai/gsm8k) or a JSONL file"
+        "gsm8k",
+        "questions (its train split; --eval-every uses its test split): gsm8k (bundled), gsm8k-hub "
+        "(openai/gsm8k), arithmetic:D (generated, difficulty D = 1..4) or a JSONL file",
     )
     max_steps: int = setting(10, "optimizer steps", check=at_least(1))
     prompts_per_step: int = setting(2, "questions per step (the recipe's batch 2)", check=at_least(1))
@@ -128,6 +131,7 @@ class TrainSettings:
             "vllm_adapter_dir",
             "is needed with --generator vllm: the server loads adapters from a folder",
         )
+        require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
         require(not self.resume or self.output_dir is not None, "resume", "needs --output-dir (the run to continue)")
         require(
             self.ca_bundle is None or Path(self.ca_bundle).is_file(), "ca_bundle", f"{self.ca_bundle}: no such file"

@@ -20,10 +20,11 @@ from typing import Literal
 
 import torch
 
-from shared.gsm8k import MathProblem, load_gsm8k, solution_reasoning
+from shared.datasets import dataset_problem, load_problems
+from shared.gsm8k import MathProblem, solution_reasoning
 from shared.models import resolve_model
 from shared.prompting import format_reference_completion
-from shared.settings import at_least, check_fields, parse_settings, positive, setting
+from shared.settings import at_least, check_fields, parse_settings, positive, require, setting
 from trainer.policy import load_policy
 from trainer.settings import TrainSettings
 
@@ -33,7 +34,9 @@ class SFTSettings:
     output_dir: str = setting("runs/sft", "where the adapter (PEFT) is saved")
     model: str = setting("auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded model on CPU")
     max_steps: int = setting(40, "optimizer steps", check=at_least(1))
-    dataset: str = setting("gsm8k", "worked solutions (its train split): gsm8k, gsm8k-hub or a JSONL file")
+    dataset: str = setting(
+        "gsm8k", "worked solutions (its train split): gsm8k, gsm8k-hub, arithmetic:D (D = 1..4) or a JSONL file"
+    )
     per_device_train_batch_size: int = setting(8, "examples per step", check=at_least(1))
     learning_rate: float = setting(2e-4, "AdamW learning rate (constant)", check=positive())
     max_length: int = setting(
@@ -49,6 +52,7 @@ class SFTSettings:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
 
 
 def sft_example(problem: MathProblem) -> dict:
@@ -75,7 +79,7 @@ def run_sft(settings: SFTSettings) -> Path:
         model_path, settings, init_adapter=None, gradient_checkpointing=device.type == "cuda", device=device
     )
     count = settings.max_steps * settings.per_device_train_batch_size
-    examples = [sft_example(p) for p in load_gsm8k("train", dataset=settings.dataset)[:count]]
+    examples = [sft_example(p) for p in load_problems("train", settings.dataset)[:count]]
     output_dir = Path(settings.output_dir)
     config = SFTConfig(
         output_dir=str(output_dir / "trainer"),

@@ -32,6 +32,7 @@ from shared.protocol import GenerateRequest, GenerateResponse
 from shared.rewards import RewardScores, WeightedReward, score_completions
 from trainer.adapter_sync import AdapterSync
 from trainer.batching import Sequence, collate, micro_batches, question_indices
+from trainer.evaluation import strictly_correct
 from trainer.generators import Generator, GeneratorError
 from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
 from trainer.metrics import LossStats, metrics_row, skipped_row
@@ -190,6 +191,8 @@ def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: Ad
     with timed(timings, "score"):
         texts = [completion.text for group in batch.reply.groups for completion in group.completions]
         scores = score(run, problems, texts)
+        answers = [problem.answer for problem in problems for _ in range(settings.num_generations)]
+        correct = [strictly_correct(text, answer) for text, answer in zip(texts, answers, strict=True)]
     rewards = torch.tensor(scores.total).view(len(problems), settings.num_generations)  # (P, G)
     if not torch.isfinite(rewards).all():
         return skipped_step(step, indices[0], batch.adapter_version, learner, "NaN/Inf rewards", timings)
@@ -223,6 +226,7 @@ def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: Ad
         stale_batches_dropped=batches.dropped,
         reply=batch.reply,
         scores=scores,
+        strictly_correct=correct,
         rewards=rewards,
         stats=stats,
         grad_norm=update[0],

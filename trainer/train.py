@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from shared.gsm8k import load_gsm8k
+from shared.datasets import load_problems
 from shared.models import resolve_model
 from shared.rewards import REWARD_FUNCTIONS, WeightedReward
 from shared.settings import SettingsError, parse_settings, write_config
@@ -97,8 +97,8 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
         settings=settings,
         run_dir=run_dir,
         generator=generator,
-        problems=load_gsm8k("train", dataset=settings.dataset),
-        eval_questions=list(enumerate(load_gsm8k("test", dataset=settings.dataset)[: settings.eval_limit]))
+        problems=load_problems("train", settings.dataset),
+        eval_questions=list(enumerate(load_problems("test", settings.dataset)[: settings.eval_limit]))
         if settings.eval_every
         else [],
         rewards=rewards,
@@ -253,5 +253,6 @@ def train_loop(run: Run, learner: Learner, batches: Batches, sync: AdapterSync, 
             progress.set_postfix(
                 reward=f"{metrics.get(names.REWARD, math.nan):.2f}",
                 format=f"{metrics.get(names.FORMAT_EXACT_RATE, math.nan):.2f}",
+                right=f"{metrics.get(names.STRICT_ACCURACY, math.nan):.2f}",
                 step_s=f"{metrics[names.STEP_SECONDS]:.1f}",
             )
