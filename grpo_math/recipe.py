@@ -8,6 +8,9 @@ measurements behind each choice made here.
   learning rate 1e-3 (constant).
 - GRPO: learning rate 3e-4 held constant (the recipe's 5e-6 moves nothing visible in a short CPU
   run), 256 completion tokens (a step stays short), no checkpoints inside a short run.
+- The easy task (``arithmetic:1``, where GRPO can teach correctness to the embedded model): a
+  short warm-up (10 SFT steps) that leaves room to learn, 4 questions per GRPO step and learning
+  rate 1e-4, so that GRPO's noisy steps do not undo what SFT taught.
 """
 
 from pathlib import Path
@@ -18,6 +21,11 @@ SFT_LEARNING_RATE = 1e-3
 GRPO_LEARNING_RATE = 3e-4
 GRPO_LR_SCHEDULER_TYPE = "constant"
 MAX_COMPLETION_LENGTH = 256
+
+EASY_DATASET = "arithmetic:1"
+EASY_SFT_STEPS = 10
+EASY_PROMPTS_PER_STEP = 4
+EASY_GRPO_LEARNING_RATE = 1e-4
 
 
 def sft_settings(output_dir: Path, **overrides):

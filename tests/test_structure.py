@@ -81,6 +81,9 @@ FLAGS = {
     "--adapter-version": "adapter versions a server has loaded (the server's number)",
     "--compare": "put several results side by side",
     "--seeds": "one run per seed",
+    "--control": "also run the SFT-only control of a study",
+    "--transfer-dataset": "another dataset a study's adapters are evaluated on",
+    "--difficulties": "the generated task's difficulties to measure",
     "--quick": "the CI size",
     # the server
     "--host": "the address to bind",

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from grpo_math.study import FAILURE_KINDS, StudySettings, failure_kind, main, results_table
+from grpo_math.study import StudySettings, main
+from grpo_math.study_report import FAILURE_KINDS, failure_kind, results_table
 from shared.settings import SettingsError
 
 
