@@ -40,7 +40,9 @@ class LoraMode:
         self.adapters: dict[int, LoadedAdapter] = {}
         self.active_version: int | None = None
         self.gate = BatchGate()
-        self._lora_ids = itertools.count(1)  # never reused: a cached id keeps its old weights
+        # Never reused (a cached id keeps its old weights), and above 1..max_loras, the ids vLLM's
+        # own warm-up gives its dummy LoRAs.
+        self._lora_ids = itertools.count(settings.max_loras + 1)
 
     @staticmethod
     def engine_args(settings: ServerSettings) -> dict:
@@ -59,10 +61,13 @@ class LoraMode:
         folder = upload.write_to(self.adapter_root / f"v{version}-id{lora_id}")
         lora_request = LoRARequest(lora_name=folder.name, lora_int_id=lora_id, lora_path=str(folder))
         try:
-            await self.engine.add_lora(lora_request)
+            added = await self.engine.add_lora(lora_request)
         except Exception as error:  # vLLM's own checks; the previous version stays active
             shutil.rmtree(folder, ignore_errors=True)
             raise AdapterRejected(f"vLLM could not load the adapter: {error}") from error
+        if not added:  # e.g. the id was already taken: vLLM would serve whatever holds it
+            shutil.rmtree(folder, ignore_errors=True)
+            raise AdapterRejected(f"vLLM did not load the adapter as LoRA id {lora_id} (add_lora returned False)")
         self.adapters[version] = LoadedAdapter(version, lora_request, folder, activated=upload.activate)
         if upload.activate:
             self.active_version = version

@@ -6,13 +6,15 @@ and restarted mid-run."""
 
 import time
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from shared.protocol import AdapterLoadResponse, AdapterUpload, GenerateRequest, GenerateResponse
 from shared.versions import next_version
-from trainer.adapter_sync import AdapterSync
+from trainer import metrics as names
+from trainer.adapter_sync import AdapterSync, GapWatch, SamplerMismatch
 from trainer.generators import GeneratorError
 from trainer.producer import Batches
 
@@ -106,3 +108,44 @@ def test_the_producer_samples_with_each_published_version_and_a_lost_one_is_rest
         assert server.pushes[-1][1] == server.pushes[-2][1]  # version 2's weights, pushed again
     finally:
         batches.close()
+
+
+def gap_row(step: int, gap: float | None, sampled_with: int) -> dict:
+    row = {names.STEP: step, names.SAMPLED_WITH_ADAPTER: sampled_with}
+    if gap is not None:
+        row[names.SAMPLER_GAP] = gap
+    return row
+
+
+def test_a_gap_above_the_bound_pushes_again_once_and_a_healthy_batch_clears_it():
+    server = RestartingServer()
+    sync = AdapterSync(server, tiny_policy())
+    sync.push(policy_step=1)
+    watch = GapWatch(bound=0.2)
+    watch.check(gap_row(2, 0.05, sampled_with=1), sync, ("http://a",))
+    assert len(server.pushes) == 1 and watch.repushed is None
+    watch.check(gap_row(3, 0.9, sampled_with=1), sync, ("http://a",))
+    assert len(server.pushes) == 2 and watch.repushed == sync.adapter_version == 2
+    watch.check(gap_row(4, 0.9, sampled_with=1), sync, ("http://a",))  # sampled before the push again: wait
+    assert len(server.pushes) == 2
+    watch.check(gap_row(5, 0.03, sampled_with=2), sync, ("http://a",))
+    assert watch.repushed is None
+
+
+def test_a_gap_that_persists_after_pushing_again_stops_the_run_naming_server_and_version():
+    server = RestartingServer()
+    sync = AdapterSync(server, tiny_policy())
+    sync.push(policy_step=1)
+    watch = GapWatch(bound=0.2)
+    watch.check(gap_row(2, 0.9, sampled_with=1), sync, ("http://a",))
+    with pytest.raises(SamplerMismatch, match=r"version 2 .*http://a"):
+        watch.check(gap_row(3, 0.8, sampled_with=2), sync, ("http://a",))
+
+
+def test_no_bound_or_no_gap_never_pushes():
+    server = RestartingServer()
+    sync = AdapterSync(server, tiny_policy())
+    sync.push(policy_step=1)
+    GapWatch(bound=None).check(gap_row(2, 5.0, sampled_with=1), sync, ("http://a",))
+    GapWatch(bound=0.2).check(gap_row(2, None, sampled_with=1), sync, ("http://a",))  # a skipped step
+    assert len(server.pushes) == 1

@@ -7,14 +7,18 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from benchmarks.random_adapter import save_random_adapter
 from benchmarks.soak import run_soak
 from grpo_math.local_server import LocalServer, free_port
 from shared.settings import write_config
@@ -27,10 +31,10 @@ pytestmark = pytest.mark.slow
 SERVER_FLAGS = ["--enforce-eager", "--kv-cache-bytes", str(256 * 2**20), "--max-model-len", "1024"]
 
 
-def start_trainer(url: str, run_dir: Path, log: Path, **settings) -> subprocess.Popen:
+def start_trainer(url: str | tuple[str, ...], run_dir: Path, log: Path, **settings) -> subprocess.Popen:
     """``grpo-math train --config FILE`` in a process of its own; ``settings``: ``TrainSettings`` fields."""
     train_settings = TrainSettings(
-        server_url=(url,),
+        server_url=(url,) if isinstance(url, str) else url,
         output_dir=str(run_dir),
         max_completion_length=16,
         learning_rate=1e-3,
@@ -106,6 +110,91 @@ def test_a_server_that_stays_away_stops_the_run_with_a_clear_error(tmp_path):
     assert trainer.wait(timeout=300) == 1
     log = (tmp_path / "train.log").read_text()
     assert "grpo-math train: error: the generator" in log and "gave up after" in log
+
+
+def test_a_pool_trains_on_without_a_lost_server_and_takes_it_back(tmp_path):
+    """Two servers; one killed after step 2 and restarted a minute later on the same port: the
+    trainer loses it once its retries are spent, samples every group on the other, and takes it
+    back (the newest adapter pushed first) when it answers again; no step is lost or done twice."""
+    steps = 80  # enough that the run outlasts the minute away and the restart (steps of a few seconds)
+    first = LocalServer(SERVER_FLAGS, tmp_path / "first.log").start()
+    port = free_port()
+    second = LocalServer(SERVER_FLAGS, tmp_path / "second-1.log", port=port).start()
+    trainer = start_trainer(
+        (first.url, second.url), tmp_path / "run", tmp_path / "train.log",
+        max_steps=steps, save_every=0, server_retry_seconds=5,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(metrics(tmp_path / "run")) >= 2, timeout=300)
+        second.kill()
+        time.sleep(60)
+        second = LocalServer(SERVER_FLAGS, tmp_path / "second-2.log", port=port).start()
+        assert trainer.wait(timeout=900) == 0, (tmp_path / "train.log").read_text()[-3000:]
+        versions = [GrpoMathServer(url).active_version() for url in (first.url, second.url)]
+        sampled = httpx.get(second.url + "/metrics").text
+    finally:
+        trainer.kill()
+        first.stop()
+        second.stop()
+    assert_each_step_once_in_order(metrics(tmp_path / "run"), steps)
+    log = (tmp_path / "train.log").read_text()
+    assert "is lost" in log and "taken back into the pool" in log
+    assert versions[0] == versions[1] == metrics(tmp_path / "run")[-1]["sampled_with_adapter"] + 1
+    assert 'grpo_math_http_requests_total{route="/v1/generate",status="200"}' in sampled  # it sampled again
+
+
+class BaseModelProxy:
+    """A real ``grpo-math serve`` behind a proxy that samples every request with the base model but
+    answers as if with the version asked for: a server that does not serve the adapter pushed."""
+
+    def __init__(self, upstream: str) -> None:
+        from fastapi import FastAPI, Request, Response
+
+        app, client = FastAPI(), httpx.AsyncClient(base_url=upstream, timeout=600)
+
+        @app.api_route("/{path:path}", methods=["GET", "POST"])
+        async def forward(path: str, request: Request) -> Response:
+            body, headers = await request.body(), {"content-type": request.headers.get("content-type", "")}
+            if path == "v1/generate":
+                asked = json.loads(body)
+                reply = await client.post("/v1/generate", json={**asked, "adapter_version": None})
+                answer = {**reply.json(), "adapter_version": asked.get("adapter_version")}
+                return Response(json.dumps(answer), reply.status_code, media_type="application/json")
+            reply = await client.request(request.method, "/" + path, content=body, headers=headers)
+            return Response(reply.content, reply.status_code, media_type=reply.headers.get("content-type"))
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "BaseModelProxy":
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=30)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def test_a_server_that_serves_the_base_model_for_a_pushed_adapter_stops_the_run(tmp_path):
+    """The sampler–trainer gap gives it away: above --max-sampler-gap the trainer pushes the adapter
+    again once, and when the gap stays, it stops with an error naming the server and the version.
+    (The base model's answers all score alike here: the gap is measured on a group that trains nothing.)"""
+    adapter = save_random_adapter(tmp_path / "adapter", seed=5, scale=0.05)
+    with LocalServer(SERVER_FLAGS, tmp_path / "server.log") as server, BaseModelProxy(server.url) as proxy:
+        trainer = start_trainer(
+            proxy.url, tmp_path / "run", tmp_path / "train.log", max_steps=6, save_every=0, init_adapter=str(adapter)
+        )
+        assert trainer.wait(timeout=600) == 1
+    log = (tmp_path / "train.log").read_text()
+    assert re.search(r"> --max-sampler-gap 0.1 with adapter version \d+; pushing it again", log), log[-3000:]
+    assert f"{proxy.url} does not serve the adapter it was pushed" in log
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 2 and all(row["sampler_gap/mean_abs_logprob_diff"] > 0.1 for row in rows)
 
 
 @pytest.fixture(scope="module")

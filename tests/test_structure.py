@@ -63,6 +63,7 @@ FLAGS = {
     "--reward-weights": "the four rewards' weights",
     "--max-staleness": "how many steps ahead batches may be sampled",
     "--max-bad-steps": "skipped steps in a row before a run stops",
+    "--max-sampler-gap": "the sampler–trainer gap above which the adapter is pushed again, then the run stops",
     "--load-in-4bit": "the nf4 base",
     "--lora-r": "the LoRA rank",
     "--lora-alpha": "the LoRA alpha",

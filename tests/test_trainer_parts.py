@@ -4,6 +4,7 @@ adapter's format, and bad settings."""
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from shared.settings import parse_settings
 from trainer.batching import Sequence, collate, micro_batches, question_indices
 from trainer.policy import adapter_upload, completion_logprobs, load_policy
 from trainer.settings import TrainSettings
+from trainer.step import measure_micro_batch
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,22 @@ def test_a_no_grad_forward_leaves_the_policy_trainable(policy):
     logits[0, -1, 0].backward()
     assert all(p.grad is not None for name, p in policy.named_parameters() if "lora_B" in name)
     policy.zero_grad(set_to_none=True)
+
+
+def test_a_step_that_trains_nothing_still_measures_the_gap_to_the_sampler(policy):
+    """Where every group scored alike, one group goes through the policy without gradients: the
+    sampler–trainer gap that ``--max-sampler-gap`` checks, and no sequence counted as trained."""
+    run = SimpleNamespace(settings=TrainSettings(), device=torch.device("cpu"))
+    sequences = [Sequence([5, 6, 7], [9, 10], [-1.0, -2.0], 0.0), Sequence([5, 6], [12, 13, 2], [-1.0] * 3, 0.0)]
+    stats = measure_micro_batch(run, policy, sequences)
+    batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        logps, _ = completion_logprobs(policy, batch, run.settings.temperature)
+    mask = batch.completion_mask
+    expected = ((logps - batch.sampler_logprobs).abs() * mask).sum() / mask.sum()
+    assert (stats.sequences, stats.tokens, stats.loss) == (0, 5, 0.0)
+    assert stats.abs_gap / stats.tokens == pytest.approx(expected.item(), rel=1e-5)
+    assert all(p.grad is None for p in policy.parameters())
 
 
 def test_micro_batches_group_similar_lengths():

@@ -4,7 +4,8 @@ Every push of the trainer's adapter goes through ``push``: it sends the policy's
 PEFT bytes with version ``"next"`` (the server numbers it, by the rule of ``shared.versions``),
 records the ``adapter_version`` the server gave and the ``policy_step`` (optimizer step) that made
 it, and tells its subscribers (the producer of ``--max-staleness``) that later batches sample with
-it. ``restore`` pushes the same weights again when a server has lost them (it restarted).
+it. ``restore`` pushes the same weights again when a server has lost them (it restarted), or
+when ``GapWatch`` sees a sampler that does not seem to serve them.
 """
 
 import logging
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from peft import PeftModel
 
+from trainer import metrics as metric_names
 from trainer.generators import Generator
 from trainer.policy import adapter_upload
 
@@ -54,3 +56,38 @@ class AdapterSync:
         from the trainer's thread, where the policy has not changed since that version was pushed."""
         pushed = self.push(self.policy_step)
         logger.warning("pushed the current adapter again as version %s", pushed.adapter_version)
+
+
+class SamplerMismatch(RuntimeError):
+    """The server samples with something other than the adapter pushed to it."""
+
+
+@dataclass
+class GapWatch:
+    """``--max-sampler-gap``: a batch whose sampler–trainer gap is above the bound suggests the
+    server samples with something other than the adapter pushed (the base model, say). The adapter
+    is pushed again once; a batch sampled with that push or later and still above it stops the run."""
+
+    bound: float | None
+    repushed: int | None = None  # the version pushed again, while watching
+
+    def check(self, metrics: dict, sync: AdapterSync, servers: tuple[str, ...]) -> None:
+        gap, sampled = metrics.get(metric_names.SAMPLER_GAP), metrics[metric_names.SAMPLED_WITH_ADAPTER]
+        after_repush = self.repushed is not None and sampled >= self.repushed
+        if self.bound is None or gap is None or gap <= self.bound:
+            if gap is not None and after_repush:
+                self.repushed = None  # healthy again
+            return
+        if after_repush:
+            raise SamplerMismatch(
+                f"the sampler–trainer gap is {gap:.3f} nats per token (--max-sampler-gap {self.bound}) for adapter "
+                f"version {sampled} even after pushing it again: {', '.join(servers)} does not serve the adapter "
+                "it was pushed"
+            )
+        if self.repushed is None:
+            logger.warning(
+                "step %d: sampler–trainer gap %.3f > --max-sampler-gap %s with adapter version %s; pushing it again",
+                metrics[metric_names.STEP], gap, self.bound, sampled,
+            )  # fmt: skip
+            sync.restore()
+            self.repushed = sync.adapter_version

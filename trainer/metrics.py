@@ -77,8 +77,8 @@ class LossStats:
     step's record is the sum over its micro-batches."""
 
     loss: float = 0.0  # the micro-batches' shares of the batch loss
-    sequences: int = 0  # sequences that went through the policy
-    tokens: int = 0  # their completion tokens
+    sequences: int = 0  # sequences trained on (through the loss)
+    tokens: int = 0  # completion tokens that went through the policy (trained on, or only measured)
     entropy: float = 0.0  # summed over those tokens
     abs_gap: float = 0.0  # |log π_trainer − log π_sampler|, summed over tokens
     kl_gap: float = 0.0  # k3 estimate of KL(sampler‖trainer), summed over tokens
@@ -140,10 +140,11 @@ def metrics_row(
     format_scores = scores.per_function.get(match_format_exactly.__name__)
     if format_scores is not None:  # the strict format's own reward: > 0 where the format matched
         row[FORMAT_EXACT_RATE] = sum(score > 0 for score in format_scores) / len(format_scores)
-    if stats.sequences:  # measured on the sequences that went through the policy
+    if stats.tokens:  # measured on the sequences that went through the policy
         row[ENTROPY] = stats.entropy / stats.tokens
         row[SAMPLER_GAP] = stats.abs_gap / stats.tokens
         row[SAMPLER_GAP_KL] = stats.kl_gap / stats.tokens
+    if stats.sequences:  # the sequences trained on
         row[IMPORTANCE_WEIGHT_MEAN] = stats.importance_weight / stats.sequences
         row[IMPORTANCE_DROPPED_FRACTION] = stats.dropped / stats.sequences
     return row

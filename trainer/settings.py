@@ -49,6 +49,13 @@ class TrainSettings:
         "older than the policy (the importance weights correct it); 0 = sample, then train (synchronous)",
         check=at_least(0),
     )
+    max_sampler_gap: float | None = setting(
+        0.1,
+        "mean |log π_trainer − log π_sampler| per token above which the server is taken not to serve the adapter "
+        "pushed: push it again once, stop if a batch sampled after that is still above (healthy runs measure "
+        "0.005-0.04); none = never check",
+        check=positive(),
+    )
     max_bad_steps: int = setting(
         3,
         "steps in a row with NaN/Inf rewards, loss or gradients (each skipped) before the run stops",

@@ -14,6 +14,8 @@
 With one update per batch the "old" policy of the ratio is the loss's own forward pass, detached:
 no second forward for it. Sequences whose advantage is 0 (a group with equal rewards) add nothing
 to the loss when beta is 0, so they are not run at all; their tokens still count in the normaliser.
+Where no group trains, one group goes through the policy without gradients, so the sampler–trainer
+gap is measured every step.
 A step whose rewards, loss or gradients are not finite is skipped: no update, nothing pushed.
 """
 
@@ -150,16 +152,32 @@ def backward_micro_batch(run: Run, policy, sequences: list[Sequence], normaliser
             reference_logps, _ = completion_logprobs(policy, batch, settings.temperature)
     loss = policy_loss(logps, batch.advantages, mask, normaliser, run.loss_config, weights, reference_logps)
     loss.backward()
-    gap = (logps.detach() - batch.sampler_logprobs) * mask  # (B, T): log π_trainer − log π_sampler
     return LossStats(
         loss=loss.item(),
         sequences=len(sequences),
+        importance_weight=0.0 if weights is None else float(weights.sum()),
+        dropped=0 if weights is None else int((weights == 0).sum()),
+        **measured(logps.detach(), entropies, batch.sampler_logprobs, mask),
+    )
+
+
+def measure_micro_batch(run: Run, policy, sequences: list[Sequence]) -> LossStats:
+    """The entropy and sampler–trainer gap of ``sequences``, no loss: a step where every group
+    scored alike trains nothing, yet ``--max-sampler-gap`` still checks it on one group."""
+    batch = collate(sequences, pad_token_id=0, device=run.device)
+    with torch.no_grad():
+        logps, entropies = completion_logprobs(policy, batch, run.settings.temperature)  # (B, T) each
+    return LossStats(**measured(logps, entropies, batch.sampler_logprobs, batch.completion_mask.float()))
+
+
+def measured(logps: torch.Tensor, entropies: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Token sums of the entropy and of the gap to the sampler; every tensor (B, T)."""
+    gap = (logps - sampler_logprobs) * mask  # log π_trainer − log π_sampler
+    return dict(
         tokens=int(mask.sum()),
         entropy=float((entropies * mask).sum()),
         abs_gap=float(gap.abs().sum()),
         kl_gap=float(((torch.exp(gap) - 1 - gap) * mask).sum()),
-        importance_weight=0.0 if weights is None else float(weights.sum()),
-        dropped=0 if weights is None else int((weights == 0).sum()),
     )
 
 
@@ -210,6 +228,8 @@ def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: Ad
         stats = LossStats()
         for chunk in micro_batches(trained, settings.micro_batch_size):
             stats += backward_micro_batch(run, learner.policy, chunk, normaliser)
+        if not trained:  # nothing to learn from; the gap to the sampler is still measured
+            stats = measure_micro_batch(run, learner.policy, sequences[: settings.num_generations])
 
     with timed(timings, "optimizer"):
         update = optimizer_step(learner, settings.max_grad_norm, stats.loss)

@@ -38,7 +38,7 @@ from shared.rewards import REWARD_FUNCTIONS, WeightedReward
 from shared.settings import SettingsError, parse_settings, write_config
 from shared.versions import DEFAULT_ADAPTER_KEEP, adapter_keep_for
 from trainer import metrics as names
-from trainer.adapter_sync import AdapterSync
+from trainer.adapter_sync import AdapterSync, GapWatch, SamplerMismatch
 from trainer.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.evaluation import RATE_METRICS, evaluate
 from trainer.generators import Generator, GeneratorError, connect_generator, wait_until_healthy
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         train(settings)
     except GeneratorError as error:  # the retries are spent, or the server refused a request
         raise SystemExit(f"grpo-math train: error: the generator: {error}") from None
-    except (TrainingError, SettingsError) as error:
+    except (TrainingError, SamplerMismatch, SettingsError) as error:
         raise SystemExit(f"grpo-math train: error: {error}") from None
     return 0
 
@@ -228,6 +228,7 @@ def train_loop(run: Run, learner: Learner, batches: Batches, sync: AdapterSync, 
     """Step after step: train, evaluate, log, checkpoint; stops the run after too many bad steps."""
     settings, run_dir = run.settings, run.run_dir
     bad_steps = 0  # skipped (NaN/Inf) in a row
+    gap_watch = GapWatch(settings.max_sampler_gap)
     progress = tqdm(steps, initial=steps.start - 1, total=settings.max_steps, desc="GRPO")
     with open(run_dir / "metrics.jsonl", "a") as metrics_file:
         for step in progress:
@@ -244,6 +245,7 @@ def train_loop(run: Run, learner: Learner, batches: Batches, sync: AdapterSync, 
                 )
             if tracker is not None:
                 tracker.log({key: value for key, value in metrics.items() if key != names.STEP}, step=step)
+            gap_watch.check(metrics, sync, settings.server_url)
             if bad_steps >= settings.max_bad_steps:
                 raise TrainingError(
                     f"{bad_steps} steps in a row skipped ({metrics[names.SKIP_REASON]}); stopping before a bad "
