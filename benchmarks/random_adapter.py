@@ -1,5 +1,6 @@
 """A PEFT LoRA adapter on the embedded model with random, non-zero B (so it changes the output),
-saved with PEFT's own ``save_pretrained``: what the tests and the lora-overhead scenario push."""
+saved with PEFT's own ``save_pretrained``: what the tests and the lora-overhead scenario push.
+Both A and B come from the seed, so the same seed gives the same adapter in every process."""
 
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from shared.models import embedded_model_dir
 def save_random_adapter(
     folder: Path, seed: int, rank: int = 16, target_modules=("q_proj", "v_proj"), scale: float = 0.02
 ):
-    """A PEFT LoRA adapter on the embedded model with non-zero B (so it changes the output),
-    saved with PEFT's own ``save_pretrained``; returns the folder."""
+    """A PEFT LoRA adapter on the embedded model with non-zero B (so it changes the output), A and B
+    drawn from ``seed`` (A as PEFT draws it: uniform in ±1/√in), saved with PEFT's own
+    ``save_pretrained``; returns the folder."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -24,7 +26,10 @@ def save_random_adapter(
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_A" in name:  # (r, in)
+                bound = parameter.shape[1] ** -0.5
+                parameter.copy_((torch.rand(parameter.shape, generator=generator) * 2 - 1) * bound)
+            if "lora_B" in name:  # (out, r)
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
     model.save_pretrained(folder)
     return folder
