@@ -117,10 +117,16 @@ def gap_row(step: int, gap: float | None, sampled_with: int) -> dict:
     return row
 
 
-def test_a_gap_above_the_bound_pushes_again_once_and_a_healthy_batch_clears_it():
+def pushed_once() -> tuple[RestartingServer, AdapterSync]:
+    """A server holding version 1, pushed by the sync."""
     server = RestartingServer()
     sync = AdapterSync(server, tiny_policy())
     sync.push(policy_step=1)
+    return server, sync
+
+
+def test_a_gap_above_the_bound_pushes_again_once_and_a_healthy_batch_clears_it():
+    server, sync = pushed_once()
     watch = GapWatch(bound=0.2)
     watch.check(gap_row(2, 0.05, sampled_with=1), sync, ("http://a",))
     assert len(server.pushes) == 1 and watch.repushed is None
@@ -133,9 +139,7 @@ def test_a_gap_above_the_bound_pushes_again_once_and_a_healthy_batch_clears_it()
 
 
 def test_a_gap_that_persists_after_pushing_again_stops_the_run_naming_server_and_version():
-    server = RestartingServer()
-    sync = AdapterSync(server, tiny_policy())
-    sync.push(policy_step=1)
+    _, sync = pushed_once()
     watch = GapWatch(bound=0.2)
     watch.check(gap_row(2, 0.9, sampled_with=1), sync, ("http://a",))
     with pytest.raises(SamplerMismatch, match=r"version 2 .*http://a"):
@@ -143,9 +147,7 @@ def test_a_gap_that_persists_after_pushing_again_stops_the_run_naming_server_and
 
 
 def test_no_bound_or_no_gap_never_pushes():
-    server = RestartingServer()
-    sync = AdapterSync(server, tiny_policy())
-    sync.push(policy_step=1)
+    server, sync = pushed_once()
     GapWatch(bound=None).check(gap_row(2, 5.0, sampled_with=1), sync, ("http://a",))
     GapWatch(bound=0.2).check(gap_row(2, None, sampled_with=1), sync, ("http://a",))  # a skipped step
     assert len(server.pushes) == 1

@@ -31,6 +31,14 @@ from trainer.generators.interface import Generator
 logger = logging.getLogger(__name__)
 
 
+def reply_or_error(call, *args):
+    """``call(*args)``, or the ``GeneratorError`` it raised (the pool decides what a failure means)."""
+    try:
+        return call(*args)
+    except GeneratorError as error:
+        return error
+
+
 def is_loss(error: BaseException) -> bool:
     """Unreachable or failing (5xx) after the retries: the server, not the request, is the problem."""
     return isinstance(error, GeneratorError) and (error.status is None or error.status >= 500)
@@ -61,8 +69,11 @@ class ServerPool:
                     self._try_to_take_back(index)
         serving = [index for index in range(len(self.members)) if index not in self.lost]
         if not serving:
-            raise GeneratorError(f"every server of the pool is lost: {', '.join(map(self._name, self.lost))}")
+            raise self._all_lost()
         return serving
+
+    def _all_lost(self) -> GeneratorError:
+        return GeneratorError(f"every server of the pool is lost: {', '.join(map(self._name, self.lost))}")
 
     def _try_to_take_back(self, index: int) -> None:
         member = self.members[index]
@@ -92,18 +103,11 @@ class ServerPool:
 
     def _on_each(self, indices: list[int], call) -> dict[int, object]:
         """``call(member)`` on each of ``indices`` at once: index → reply or the error it raised."""
-
-        def attempt(index: int):
-            try:
-                return call(self.members[index])
-            except GeneratorError as error:
-                return error
-
-        return dict(zip(indices, self.threads.map(attempt, indices)))
+        return dict(zip(indices, self.threads.map(lambda index: reply_or_error(call, self.members[index]), indices)))
 
     def health(self) -> HealthResponse:
         serving = self._serving()
-        healths = [self.members[index].health() for index in serving]
+        healths = list(self.threads.map(lambda index: self.members[index].health(), serving))
         limits = {name: min(getattr(health.limits, name) for health in healths) for name in ServerLimits.model_fields}
         limits["max_prompts"] = sum(health.limits.max_prompts for health in healths)  # split across members
         versions = {health.adapter_version for health in healths}
@@ -145,10 +149,8 @@ class ServerPool:
         )
 
     def _sample(self, request: GenerateRequest, index: int, start: int, end: int):
-        try:
-            return self.members[index].generate(request.model_copy(update={"prompts": request.prompts[start:end]}))
-        except GeneratorError as error:
-            return error
+        part = request.model_copy(update={"prompts": request.prompts[start:end]})
+        return reply_or_error(self.members[index].generate, part)
 
     def push_adapter(self, upload: AdapterUpload) -> AdapterLoadResponse:
         """Push to every serving member; where "next" gave them different versions (another client
@@ -179,7 +181,7 @@ class ServerPool:
             else:
                 raise reply
         if require_one and not replies:
-            raise GeneratorError(f"every server of the pool is lost: {', '.join(map(self._name, self.lost))}")
+            raise self._all_lost()
         return replies
 
     def active_version(self) -> int | None:
