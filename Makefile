@@ -31,7 +31,7 @@ test: lint
 	$(VENV)/bin/pytest -m "not slow and not gpu"
 
 test-slow: setup
-	$(VENV)/bin/pytest -m "slow and not gpu"
+	$(VENV)/bin/pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 # The CPU demo: server in the background, SFT format warm-up, GRPO, report (timings: docs/performance.md).
 demo: setup

@@ -156,6 +156,12 @@ def test_the_trainer_against_vllms_own_server_loads_each_version_by_name(kind, t
         rows = read_metrics(train(settings, rewards=EASY_REWARD))
         assert [row["step"] for row in rows] == [1, 2, 3]
         assert [row["sampled_with_adapter"] for row in rows] == [-1, 1, 2]
+        # with no reward spread the update is zero and v3 *is* the base model (B stays 0): say so
+        server_log = (tmp_path / "vllm.log").read_text()[-3000:]
+        assert any(row["zero_std_groups"] < settings.prompts_per_step for row in rows), (
+            f"no group had a reward spread (completion lengths {[row['completion_length_mean'] for row in rows]}); "
+            f"the server's log ends:\n{server_log}"
+        )
         served = [model["id"] for model in httpx.get(server.url + "/v1/models").json()["data"]]
         assert [name for name in served if name.startswith("grpo-math-v")] == [
             "grpo-math-v1",
@@ -179,7 +185,9 @@ def test_the_trainer_against_vllms_own_server_loads_each_version_by_name(kind, t
         tuned = client.generate(request.model_copy(update={"adapter_version": 3}))
         assert tuned.adapter_version == 3 and base.adapter_version is None
         base_tokens, tuned_tokens = base.groups[0].completions[0], tuned.groups[0].completions[0]
-        assert base_tokens.token_ids != tuned_tokens.token_ids or base_tokens.logprobs != tuned_tokens.logprobs
+        assert base_tokens.token_ids != tuned_tokens.token_ids or base_tokens.logprobs != tuned_tokens.logprobs, (
+            f"v3 answered exactly as the base model; the server's log ends:\n{server_log}"
+        )
 
 
 @pytest.mark.slow
