@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     command = parser.parse_args(argv[:1]).command
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asks_for_help = bool({"-h", "--help"} & set(argv[1:]))  # help alone: no import-time notices
+    level = logging.WARNING if asks_for_help else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     from grpo_math.local_server import exit_on_termination
     from shared.models import plain_bitsandbytes_notices

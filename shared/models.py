@@ -118,6 +118,7 @@ class _PlainKernelsNotice(logging.Filter):
                 (),
             )
             record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger().isEnabledFor(logging.INFO)  # now an INFO line: shown where INFO is
         return True
 
 
