@@ -20,6 +20,7 @@ Runs from a checkout (the peers' runners and a test helper live beside it). The 
 on a GPU (Qwen2.5-3B-Instruct there, by --model auto).
 
     grpo-math bench --all --quick
+    grpo-math bench --all --quick --baseline benchmarks/baselines/cpu.json   # the regression guard
     grpo-math bench --scenario step-time --max-completion-length 256 --measured-steps 3 --repetitions 2
 """
 
@@ -34,6 +35,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from benchmarks import asynchronous, serving, training
+from benchmarks.baseline import baseline_from, check_against
 from benchmarks.measure import Figure, machine
 from shared.settings import Check, at_least, check_fields, parse_settings, require, setting
 
@@ -83,6 +85,10 @@ class BenchSettings:
         "step-time: the adapter every peer starts from; none = a 20-step SFT adapter made here (none in --quick)",
     )
     timeout: float = setting(7200.0, "seconds one peer run may take", check=at_least(1))
+    baseline: str | None = setting(
+        None, "a baseline file (benchmarks/baselines/cpu.json): exit 1 where a figure regressed past it"
+    )
+    write_baseline: str | None = setting(None, "write this run's figures as a baseline file")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -259,6 +265,8 @@ def run_bench(settings: BenchSettings) -> Path:
     (output_dir / "bench.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_table([figure for _, figure in figures])
     print(f"\n{output_dir}: bench.json and {', '.join(sorted(p.name for p in output_dir.glob('*.png')))}")
+    if settings.write_baseline:
+        Path(settings.write_baseline).write_text(json.dumps(baseline_from([report]), indent=2) + "\n")
     return output_dir
 
 
@@ -275,7 +283,11 @@ def print_table(figures: list[Figure]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_bench(parse_settings(BenchSettings, argv, prog="grpo-math bench", description=__doc__))
+    settings = parse_settings(BenchSettings, argv, prog="grpo-math bench", description=__doc__)
+    output_dir = run_bench(settings)
+    if settings.baseline:
+        report = json.loads((output_dir / "bench.json").read_text())
+        return 0 if check_against(report, Path(settings.baseline)) else 1
     return 0
 
 

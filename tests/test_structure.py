@@ -115,6 +115,8 @@ FLAGS = {
     "--repetitions": "interleaved repetitions of a measurement",
     "--peers": "who a benchmark compares",
     "--timeout": "seconds one benchmark run may take",
+    "--baseline": "committed benchmark figures a run is checked against",
+    "--write-baseline": "where a run's figures are written as a baseline",
 }
 # Spellings that meant one of the concepts above before it had one name; none may come back.
 RETIRED = {

@@ -1,0 +1,118 @@
+"""The bench's regression guard: a run's figures against committed baselines.
+
+A baseline file (``benchmarks/baselines/cpu.json``) holds, per figure, the median, min and max
+of the runs it was made from, the machine they ran on and a tolerance. A figure with a goal fails
+when it moved past its baseline's spread, widened by the tolerance, on the worse side (below for
+``>=`` goals, above for ``<=``); a move to the better side is reported, as is every figure without
+a goal and every figure the baseline lacks. prime-rl's benchmark regression test (committed
+baselines, a tolerance per figure) is the model.
+
+    grpo-math bench --all --quick --baseline benchmarks/baselines/cpu.json
+    grpo-math bench --all --quick --write-baseline benchmarks/baselines/cpu.json  # from this run
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TOLERANCE = 0.25  # relative, beyond the baseline's own min–max
+
+
+def key(figure: dict) -> str:
+    return f"{figure['scenario']}: {figure['name']}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: str
+    value: float
+    low: float | None  # the accepted range (None: no baseline for this figure)
+    high: float | None
+    status: str  # "ok", "REGRESSED", "better", "moved", "new"
+
+    def line(self) -> str:
+        accepted = "" if self.low is None else f"  accepted {self.low:.3f}–{self.high:.3f}"
+        return f"{self.status:<9} {self.key[:80]:<80} {self.value:9.3f}{accepted}"
+
+
+def baseline_from(reports: list[dict], tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """A baseline from one or more bench reports of the same scenarios: per figure the median of
+    the runs' values, and the min and max over every run's own min and max.
+
+    >>> run = lambda value, low, high: {"machine": {"cores": 2}, "figures": [
+    ...     {"scenario": "s", "name": "x", "value": value, "min": low, "max": high, "goal": ">= 1"}]}
+    >>> baseline_from([run(2.0, 1.8, 2.1), run(2.4, 2.2, 2.6), run(2.2, 2.0, 2.3)])["figures"]["s: x"]
+    {'median': 2.2, 'min': 1.8, 'max': 2.6, 'goal': '>= 1', 'tolerance': 0.25, 'runs': 3}
+    """
+    figures: dict[str, dict] = {}
+    for report in reports:
+        for figure in report["figures"]:
+            if figure.get("repetitions") == 0:
+                continue  # a peer that could not run: nothing measured
+            entry = figures.setdefault(key(figure), {"values": [], "min": figure["min"], "max": figure["max"]})
+            entry["values"].append(figure["value"])
+            entry["min"], entry["max"] = min(entry["min"], figure["min"]), max(entry["max"], figure["max"])
+            entry["goal"] = figure.get("goal")
+    return {
+        "machine": reports[0]["machine"],
+        "figures": {
+            name: {
+                "median": sorted(entry["values"])[len(entry["values"]) // 2],
+                "min": entry["min"],
+                "max": entry["max"],
+                "goal": entry["goal"],
+                "tolerance": tolerance,
+                "runs": len(entry["values"]),
+            }
+            for name, entry in figures.items()
+        },
+    }
+
+
+def compare(report: dict, baseline: dict) -> list[Verdict]:
+    """One verdict per figure of ``report``.
+
+    >>> baseline = {"figures": {"s: up": {"min": 2.0, "max": 3.0, "goal": ">= 1", "tolerance": 0.25},
+    ...                         "s: down": {"min": 0.1, "max": 0.2, "goal": "<= 1", "tolerance": 0.25}}}
+    >>> report = {"figures": [{"scenario": "s", "name": "up", "value": 1.4},
+    ...                       {"scenario": "s", "name": "down", "value": 0.22},
+    ...                       {"scenario": "s", "name": "other", "value": 5.0}]}
+    >>> [(verdict.key, verdict.status) for verdict in compare(report, baseline)]
+    [('s: up', 'REGRESSED'), ('s: down', 'ok'), ('s: other', 'new')]
+    """
+    verdicts = []
+    for figure in report["figures"]:
+        name, value = key(figure), figure["value"]
+        expected = baseline["figures"].get(name)
+        if expected is None or figure.get("repetitions") == 0:
+            verdicts.append(Verdict(name, value, None, None, "new"))
+            continue
+        low = expected["min"] * (1 - expected["tolerance"])
+        high = expected["max"] * (1 + expected["tolerance"])
+        goal = expected.get("goal") or ""
+        if low <= value <= high:
+            status = "ok"
+        elif goal.startswith(">="):
+            status = "REGRESSED" if value < low else "better"
+        elif goal.startswith("<="):
+            status = "REGRESSED" if value > high else "better"
+        else:
+            status = "moved"  # no goal: which side is worse is not defined; reported
+        verdicts.append(Verdict(name, value, low, high, status))
+    return verdicts
+
+
+def check_against(report: dict, baseline_path: Path) -> bool:
+    """Print the verdicts; False where a figure regressed."""
+    baseline = json.loads(baseline_path.read_text())
+    here, there = report["machine"], baseline["machine"]
+    if any(here.get(part) != there.get(part) for part in ("cpu", "cores", "gpu")):
+        print(
+            f"note: the baseline comes from another machine ({there.get('cpu')}, {there.get('cores')} cores, "
+            f"GPU {there.get('gpu')}); ratios travel better than seconds, but read the verdicts with that in mind"
+        )
+    verdicts = compare(report, baseline)
+    print(f"\nagainst {baseline_path}:")
+    for verdict in verdicts:
+        print(verdict.line())
+    return not any(verdict.status == "REGRESSED" for verdict in verdicts)
