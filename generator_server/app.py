@@ -18,6 +18,7 @@ from generator_server.engine import BadPrompt, GeneratorEngine
 from generator_server.merge_mode import VersionsKeptSwitching
 from generator_server.settings import ServerSettings
 from shared.models import resolve_model
+from shared.probe import AdapterNotApplied
 from shared.protocol import (
     AdapterListResponse,
     AdapterLoadResponse,
@@ -169,6 +170,7 @@ def create_app(settings: ServerSettings, on_cpu: bool, stop_serving: Callable[[]
     for error_type, status in (
         (ValidationError, 422),
         (AdapterRejected, 400),
+        (AdapterNotApplied, 422),  # loaded, but the probe saw the base model (shared.probe)
         (BadPrompt, 400),
         (UnknownAdapterVersion, 404),
         (VersionConflict, 409),

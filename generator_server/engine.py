@@ -6,8 +6,10 @@
   *processed* logprobs (``logprobs_mode="processed_logprobs"``: after temperature) come back for
   every chosen token.
 - ``load_adapter``: a pushed adapter is checked (``adapters.py``), gets its version by the rule of
-  ``shared.versions`` and is handed to the adapter mode, which becomes the active version unless
-  it was pushed with ``activate=false`` (evaluation).
+  ``shared.versions`` and is handed to the adapter mode. One pushed to become active (training)
+  is first proven applied (``shared.probe``: a fixed text scored with it and with the base model
+  must differ), then becomes the active version; one pushed with ``activate=false`` (evaluation)
+  is only loaded.
 - The two adapter modes sit behind one small interface (``AdapterMode``): ``lora_mode.py`` (each
   version a vLLM LoRA, several at once) and ``merge_mode.py`` (the version asked for merged into
   the weights, one at a time, at the base model's speed).
@@ -37,6 +39,7 @@ from generator_server.lora_mode import LoraMode
 from generator_server.merge_mode import MergeMode
 from generator_server.settings import ServerSettings
 from shared.models import nf4_dequantized_dir
+from shared.probe import PROBE_TEXT, AdapterNotApplied, changes_the_model, check_applied
 from shared.protocol import (
     AdapterListResponse,
     AdapterLoadResponse,
@@ -67,7 +70,13 @@ class AdapterMode(Protocol):
     active_version: int | None  # the version "latest" requests sample with (None: the base model)
 
     async def load(self, upload: AdapterUpload, version: int) -> None:
-        """Load a checked adapter as ``version``; activate it where ``upload.activate``."""
+        """Load a checked adapter as ``version``, servable by its number but not yet active."""
+
+    async def activate(self, version: int) -> None:
+        """Make a loaded version the active one."""
+
+    async def discard(self, version: int) -> None:
+        """Unload a version that never became active."""
 
     async def sample(self, requested, run: Callable[[LoRARequest | None], Awaitable[list]]) -> tuple[int | None, list]:
         """Resolve ``requested`` ("latest", a version, None) and return (that version, ``run(...)``)
@@ -94,6 +103,7 @@ class GeneratorEngine:
         )
         self.highest_version = 0  # the greatest version ever loaded: a new one must exceed it
         self._adapter_lock = asyncio.Lock()
+        self._base_probe: list[float] | None = None  # the base model's probe logprobs, once
 
     @classmethod
     def engine_args(cls, settings: ServerSettings, weights_path: str, on_cpu: bool) -> AsyncEngineArgs:
@@ -221,11 +231,16 @@ class GeneratorEngine:
                     raise AdapterRejected(
                         "adapter_model's sha256 differs from the adapter_sha256 sent with it (changed in transit?)"
                     )
+                if upload.activate and self._base_probe is None:
+                    self._base_probe = await self.probe(None)
                 await self.mode.load(upload, version)
-            except (VersionConflict, AdapterRejected):
+                self.highest_version = version  # spent even if refused below: a number means one adapter
+                if upload.activate:
+                    await self._prove_applied(upload, version)
+                    await self.mode.activate(version)
+            except (VersionConflict, AdapterRejected, AdapterNotApplied):
                 ADAPTER_LOADS.labels("rejected").inc()
                 raise
-            self.highest_version = version
             elapsed = time.perf_counter() - started
             ADAPTER_LOADS.labels("loaded").inc()
             ADAPTER_LOAD_SECONDS.observe(elapsed)
@@ -233,6 +248,35 @@ class GeneratorEngine:
             "adapter version %d %s (%.0f ms)", version, "active" if upload.activate else "loaded", elapsed * 1000
         )
         return AdapterLoadResponse(version=version, active_version=self.active_version, load_ms=elapsed * 1000)
+
+    async def _prove_applied(self, upload: AdapterUpload, version: int) -> None:
+        """Refuse (and unload) a loaded version whose probe logprobs equal the base model's although
+        its B matrices are non-zero (``shared.probe``)."""
+        if not changes_the_model(upload.adapter_model):
+            return  # B all zero: the adapter is the base model
+        try:
+            check_applied(version, self._base_probe, await self.probe(version), "this server")
+        except AdapterNotApplied:
+            await self.mode.discard(version)
+            raise
+
+    async def probe(self, version: int | None) -> list[float]:
+        """The logprob of each token of ``PROBE_TEXT`` after its prefix, served by ``version``
+        (None: the base model): one forward pass over the text, one token sampled and ignored."""
+        token_ids = self.tokenizer(PROBE_TEXT)["input_ids"]
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+
+        async def run(lora_request: LoRARequest | None) -> list[float]:
+            final = None
+            async for output in self.engine.generate(
+                {"prompt_token_ids": token_ids}, params, request_id=uuid.uuid4().hex, lora_request=lora_request
+            ):
+                final = output
+            # prompt_logprobs: None for the first token, then {token id: Logprob} per position
+            return [step[token_id].logprob for step, token_id in zip(final.prompt_logprobs[1:], token_ids[1:])]
+
+        _, logprobs = await self.mode.sample(version, run)
+        return logprobs
 
     def list_adapters(self) -> AdapterListResponse:
         return AdapterListResponse(active_version=self.active_version, loaded_versions=self.mode.loaded_versions())

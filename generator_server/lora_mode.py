@@ -30,6 +30,7 @@ class LoadedAdapter:
     folder: Path
     activated: bool  # pushed to become the active version (training), not only loaded (evaluation)
     in_flight: int = 0  # requests sampling with it now
+    pending: bool = False  # loaded to become active, not yet proven applied: outside the keep-window
 
 
 class LoraMode:
@@ -68,10 +69,21 @@ class LoraMode:
         if not added:  # e.g. the id was already taken: vLLM would serve whatever holds it
             shutil.rmtree(folder, ignore_errors=True)
             raise AdapterRejected(f"vLLM did not load the adapter as LoRA id {lora_id} (add_lora returned False)")
-        self.adapters[version] = LoadedAdapter(version, lora_request, folder, activated=upload.activate)
-        if upload.activate:
-            self.active_version = version
+        self.adapters[version] = LoadedAdapter(
+            version, lora_request, folder, activated=upload.activate, pending=upload.activate
+        )
+        if not upload.activate:
+            await self._unload_old_versions()
+
+    async def activate(self, version: int) -> None:
+        self.adapters[version].pending = False
+        self.active_version = version
         await self._unload_old_versions()
+
+    async def discard(self, version: int) -> None:
+        adapter = self.adapters.pop(version)
+        await self.engine.remove_lora(adapter.lora_request.lora_int_id)
+        shutil.rmtree(adapter.folder, ignore_errors=True)
 
     async def sample(self, requested, run: Callable[[LoRARequest | None], Awaitable[list]]) -> tuple[int | None, list]:
         """``run(lora_request)`` through the requested version's LoRA (``"latest"``: the active one;
@@ -93,12 +105,12 @@ class LoraMode:
     async def _unload_old_versions(self) -> None:
         """Everything outside the keep-window that no request is using."""
         keep = kept_versions(
-            {version: adapter.activated for version, adapter in self.adapters.items()},
+            {version: adapter.activated for version, adapter in self.adapters.items() if not adapter.pending},
             self.active_version,
             activated_keep=self.settings.adapter_keep,
             evaluation_keep=self.settings.adapter_keep,
         )
-        retired = [a for v, a in self.adapters.items() if v not in keep and a.in_flight == 0]
+        retired = [a for v, a in self.adapters.items() if v not in keep and a.in_flight == 0 and not a.pending]
         for adapter in retired:
             del self.adapters[adapter.version]
         for adapter in retired:

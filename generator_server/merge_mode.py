@@ -56,12 +56,21 @@ class MergeMode:
         return sorted(self.sources)
 
     async def load(self, upload: AdapterUpload, version: int) -> None:
-        """Hold the adapter; an activated one is merged at once, an evaluation-only one when a
-        request asks for it."""
+        """Hold the adapter; it is merged when it becomes active or a request asks for it."""
         self.sources[version] = upload
         self.highest_version = version
-        if upload.activate:
-            await self._switch(version, activate=True)
+        if not upload.activate:
+            self._forget_old_versions()
+
+    async def activate(self, version: int) -> None:
+        await self._switch(version, activate=True)
+        self._forget_old_versions()
+
+    async def discard(self, version: int) -> None:
+        """Forget ``version``; where its weights are merged, the next request switches them back."""
+        del self.sources[version]
+
+    def _forget_old_versions(self) -> None:
         keep = kept_versions(
             {v: source.activate for v, source in self.sources.items()},
             self.active_version,

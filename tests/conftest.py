@@ -74,3 +74,31 @@ def fp32_model():
 def adapter_form(folder: Path, version: int) -> tuple[dict, dict]:
     """The multipart form of pushing the adapter in ``folder`` as ``version``."""
     return AdapterUpload.from_folder(folder, version=version).to_multipart()
+
+
+def check_the_probe(client, tmp_path: Path) -> None:
+    """``shared.probe`` on a real server (a ``GrpoMathServer``): an adapter whose B is non-zero but
+    too small to change one fp32 logprob (1e-30) reads as not applied: 422 naming it, its number
+    spent, the previous version still serving the same tokens. An adapter with B drawn at the size
+    of one Adam step at the recipe's learning rate (5e-6) is applied and becomes active."""
+    from shared.protocol import GenerateRequest
+    from trainer.generators import GeneratorError
+
+    def adapters() -> dict:
+        return client.http.request("GET", "/v1/adapters").json()
+
+    def greedy() -> tuple[int | None, list[int]]:
+        reply = client.generate(GenerateRequest(prompts=["What is 12 * 7?"], n=1, max_tokens=16, temperature=0.0))
+        return reply.adapter_version, reply.groups[0].completions[0].token_ids
+
+    before, served_before = adapters(), greedy()
+    invisible = save_random_adapter(tmp_path / "invisible", seed=8, scale=1e-30)
+    with pytest.raises(GeneratorError) as refused:
+        client.push_adapter(AdapterUpload.from_folder(invisible))
+    assert refused.value.status == 422 and "is not applied" in str(refused.value), str(refused.value)
+    assert adapters() == before and greedy() == served_before
+
+    one_step = save_random_adapter(tmp_path / "one-step", seed=9, scale=5e-6)
+    loaded = client.push_adapter(AdapterUpload.from_folder(one_step))
+    assert loaded.version == max(before["loaded_versions"]) + 2  # the refused version's number is spent
+    assert loaded.active_version == loaded.version

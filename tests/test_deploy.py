@@ -17,7 +17,8 @@ import yaml
 
 from grpo_math.local_server import LocalServer
 from shared.models import embedded_model_dir, nf4_dequantized_dir
-from shared.protocol import GenerateRequest
+from shared.protocol import AdapterUpload, GenerateRequest
+from shared.rewards import WeightedReward
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = Path(sys.executable).parent / "docker-compose"
@@ -139,11 +140,19 @@ VLLM_ENVIRONMENT = {
 }
 
 
+def completion_characters(completions, **kwargs) -> list[float]:
+    """Test-only reward with a spread in nearly every group (lengths differ), so every step
+    updates the adapter: a run whose rewards are all equal leaves B at zero and the adapter *is*
+    the base model, which a CI run once hit with a rarer reward."""
+    return [len(text) / 100 for text in completions]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["trl vllm-serve", "vllm serve"])
 def test_the_trainer_against_vllms_own_server_loads_each_version_by_name(kind, tmp_path):
-    from tests.test_train_end_to_end import EASY_REWARD, read_metrics, settings_for
-    from trainer.generators import VllmServer
+    from tests.conftest import save_random_adapter
+    from tests.test_train_end_to_end import read_metrics, settings_for
+    from trainer.generators import GeneratorError, VllmServer
     from trainer.train import train
 
     program, flags = vllm_program(kind)
@@ -153,7 +162,7 @@ def test_the_trainer_against_vllms_own_server_loads_each_version_by_name(kind, t
             server.url, tmp_path / "run", max_steps=3, save_every=0, report_to="none", generator="vllm",
             vllm_adapter_dir=str(tmp_path / "adapters"),
         )  # fmt: skip
-        rows = read_metrics(train(settings, rewards=EASY_REWARD))
+        rows = read_metrics(train(settings, rewards=(WeightedReward(completion_characters),)))
         assert [row["step"] for row in rows] == [1, 2, 3]
         assert [row["sampled_with_adapter"] for row in rows] == [-1, 1, 2]
         # with no reward spread the update is zero and v3 *is* the base model (B stays 0): say so
@@ -188,6 +197,14 @@ def test_the_trainer_against_vllms_own_server_loads_each_version_by_name(kind, t
         assert base_tokens.token_ids != tuned_tokens.token_ids or base_tokens.logprobs != tuned_tokens.logprobs, (
             f"v3 answered exactly as the base model; the server's log ends:\n{server_log}"
         )
+
+        # an adapter vLLM loads but whose change no logprob shows is refused (shared.probe) and unloaded
+        invisible = save_random_adapter(tmp_path / "invisible", seed=8, scale=1e-30)
+        with pytest.raises(GeneratorError, match="adapter version 4 is not applied") as refused:
+            client.push_adapter(AdapterUpload.from_folder(invisible))
+        assert refused.value.status == 422 and client.active_version() == 3
+        served = [model["id"] for model in httpx.get(server.url + "/v1/models").json()["data"]]
+        assert "grpo-math-v4" not in served and not (tmp_path / "adapters" / "grpo-math-v4").exists()
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ from safetensors.torch import save as save_safetensors
 
 from shared.gsm8k import load_gsm8k
 from shared.protocol import AdapterUpload, GenerateResponse, HealthResponse
-from tests.conftest import adapter_form, save_random_adapter
+from tests.conftest import API_KEY, adapter_form, check_the_probe, save_random_adapter
+from trainer.generators import GrpoMathServer
 
 QUESTIONS = [problem.prompt for problem in load_gsm8k("test")[:4]]
 
@@ -250,6 +251,14 @@ def test_health_reports_the_servers_limits(server):
     assert health.adapter_version == 6
     assert (health.limits.max_n, health.limits.max_tokens, health.limits.max_lora_rank) == (64, 4096, 16)
     assert health.limits.max_model_len == 2048  # the session server's --max-model-len
+
+
+def test_a_pushed_adapter_is_proven_applied_before_it_becomes_active(server, tmp_path):
+    client = GrpoMathServer(str(server.base_url), api_key=API_KEY, retry_seconds=0)
+    try:
+        check_the_probe(client, tmp_path)
+    finally:
+        client.close()
 
 
 def test_many_seeded_prompts_at_once_keep_the_engine_alive(server):

@@ -11,7 +11,7 @@ from peft import PeftModel
 from grpo_math.local_server import LocalServer
 from shared.gsm8k import load_gsm8k
 from shared.protocol import AdapterUpload, GenerateRequest
-from tests.conftest import save_random_adapter
+from tests.conftest import check_the_probe, save_random_adapter
 from trainer.generators import GrpoMathServer
 
 QUESTIONS = [problem.prompt for problem in load_gsm8k("test")[:2]]
@@ -114,3 +114,9 @@ def test_one_version_at_a_time_switching_for_the_base_model_and_evaluation_adapt
         "active_version": active,
         "loaded_versions": [active, evaluation.version],
     }
+
+
+def test_a_pushed_adapter_is_proven_applied_before_it_becomes_active(merge_server, tmp_path):
+    """In merge mode the refused version's weights were merged for the probe: the next request
+    switches back to the active version's."""
+    check_the_probe(merge_server, tmp_path)

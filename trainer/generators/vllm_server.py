@@ -11,6 +11,9 @@
   would serve stale prefix-cache entries); sampling selects it by name, and versions outside the
   keep-window are unloaded and deleted. TRL's ``AsyncGRPOTrainer`` syncs LoRA the same way
   (``trl/experimental/async_grpo``).
+- proof: a version pushed to become active is first scored on ``shared.probe``'s fixed text
+  (``prompt_logprobs``) against the base model; equal logprobs for an adapter with non-zero B
+  unload it and refuse the push (the previous version stays active).
 - versions: vLLM numbers nothing, so this client applies the rules of ``shared.versions`` itself,
   starting above the highest ``grpo-math-v<k>`` the server already has; the reply's ``model``
   names the adapter that sampled, and is checked against the one asked for.
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.probe import PROBE_TEXT, AdapterNotApplied, changes_the_model, check_applied
 from shared.protocol import (
     MAX_N,
     MAX_PROMPTS,
@@ -57,6 +61,7 @@ class VllmServer:
         self.active: int | None = None
         self.highest_version: int | None = None  # learnt from the server on first use
         self.base_model: str | None = None
+        self.base_probe: list[float] | None = None  # the base model's probe logprobs, once
 
     def close(self) -> None:
         self.http.close()
@@ -162,17 +167,36 @@ class VllmServer:
         self._request(
             "POST", "/v1/load_lora_adapter", json={"lora_name": adapter_name(version), "lora_path": str(folder)}
         )
+        self.highest_version = version  # spent even if refused below: a number means one adapter
+        if upload.activate and changes_the_model(upload.adapter_model):
+            self.base_probe = self.base_probe or self._probe(None)
+            try:
+                check_applied(version, self.base_probe, self._probe(version), self.base_url)
+            except AdapterNotApplied as error:
+                self._unload(version)
+                raise GeneratorError(str(error), 422) from None
         self.loaded[version] = upload.activate
-        self.highest_version = version
         if upload.activate:
             self.active = version
         keep = kept_versions(self.loaded, self.active, self.adapter_keep, self.adapter_keep)
         for retired in [v for v in self.loaded if v not in keep]:
-            self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": adapter_name(retired)})
-            shutil.rmtree(self.adapter_dir / adapter_name(retired), ignore_errors=True)
+            self._unload(retired)
             del self.loaded[retired]
         load_ms = (time.perf_counter() - started) * 1000
         return AdapterLoadResponse(version=version, active_version=self.active, load_ms=load_ms)
+
+    def _unload(self, version: int) -> None:
+        self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": adapter_name(version)})
+        shutil.rmtree(self.adapter_dir / adapter_name(version), ignore_errors=True)
+
+    def _probe(self, version: int | None) -> list[float]:
+        """The logprob of each token of ``PROBE_TEXT`` after its prefix, served by ``version``
+        (None: the base model)."""
+        token_ids = self._prompt_token_ids(PROBE_TEXT)
+        body = {"model": self._model_name(version), "prompt": token_ids, "max_tokens": 1, "prompt_logprobs": 0}
+        steps = self._request("POST", "/v1/completions", json=body).json()["choices"][0]["prompt_logprobs"]
+        # None for the first token, then {token id: {"logprob": ...}} per position
+        return [step[str(token_id)]["logprob"] for step, token_id in zip(steps[1:], token_ids[1:])]
 
     def active_version(self) -> int | None:
         return self.active
