@@ -34,6 +34,7 @@ from shared.protocol import GenerateRequest, GenerateResponse
 from shared.rewards import RewardScores, WeightedReward, score_completions
 from trainer.adapter_sync import AdapterSync
 from trainer.batching import Sequence, collate, micro_batches, question_indices
+from trainer.distributed import Ranks
 from trainer.evaluation import strictly_correct
 from trainer.generators import Generator, GeneratorError
 from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
@@ -57,6 +58,7 @@ class Run:
     rewards: tuple[WeightedReward, ...]
     loss_config: LossConfig
     device: torch.device
+    ranks: Ranks = Ranks()  # the trainer processes of this run (``trainer/distributed.py``)
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,16 @@ def measured(logps: torch.Tensor, entropies: torch.Tensor, sampler_logprobs: tor
     )
 
 
+def backward_share(run: Run, policy, trained: list[Sequence], normaliser: Normaliser) -> LossStats:
+    """Forward + backward of this rank's share of ``trained``, in micro-batches of similar length;
+    then the gradients and the stats summed over every rank (one process: its own)."""
+    stats = LossStats()
+    for chunk in micro_batches(run.ranks.share(trained), run.settings.micro_batch_size):
+        stats += backward_micro_batch(run, policy, chunk, normaliser)
+    run.ranks.sum_gradients([p for p in policy.parameters() if p.requires_grad])
+    return run.ranks.sum_stats(stats)
+
+
 def optimizer_step(learner: Learner, max_grad_norm: float, loss: float) -> tuple[float, float] | None:
     """Clip, AdamW step, schedule step: (the gradient norm, the learning rate used), or None where
     the loss or the gradients are not finite (then nothing of them reaches the adapter)."""
@@ -203,8 +215,8 @@ def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: Ad
     indices, problems = problems_of(run, step)
 
     with timed(timings, "sample"):  # with a producer: waiting for the batch it sampled ahead
-        batch = batches.take(step)
-    staleness = sync.policy_step - batch.policy_step  # optimizer steps behind the newest adapter
+        batch = run.ranks.from_main(batches.take(step) if run.ranks.main else None)
+    staleness = sync.policy_step - batch.policy_step if run.ranks.main else 0  # steps behind the newest adapter
 
     with timed(timings, "score"):
         texts = [completion.text for group in batch.reply.groups for completion in group.completions]
@@ -224,11 +236,9 @@ def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: Ad
         max_completion_length=settings.max_completion_length,
     )
 
-    with timed(timings, "train"):  # the loss: gradients accumulate over micro-batches
-        stats = LossStats()
-        for chunk in micro_batches(trained, settings.micro_batch_size):
-            stats += backward_micro_batch(run, learner.policy, chunk, normaliser)
-        if not trained:  # nothing to learn from; the gap to the sampler is still measured
+    with timed(timings, "train"):  # the loss: gradients accumulate over micro-batches (and ranks)
+        stats = backward_share(run, learner.policy, trained, normaliser)
+        if not trained and run.ranks.main:  # nothing to learn from; the gap to the sampler is still measured
             stats = measure_micro_batch(run, learner.policy, sequences[: settings.num_generations])
 
     with timed(timings, "optimizer"):
@@ -236,8 +246,10 @@ def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: Ad
     if update is None:
         return skipped_step(step, indices[0], batch.adapter_version, learner, "NaN/Inf loss or gradients", timings)
 
-    with timed(timings, "push"):  # the next step samples with this version
-        pushed = sync.push(policy_step=step)
+    with timed(timings, "push"):  # the next step samples with this version (rank 0 pushes)
+        pushed = run.ranks.from_main(sync.push(policy_step=step) if run.ranks.main else None)
+    if not run.ranks.main:  # rank 0 alone logs
+        return StepResult(adapter_version=pushed.adapter_version, metrics={})
 
     metrics = metrics_row(
         step=step,

@@ -13,12 +13,17 @@ steps while this one trains, each batch at most S optimizer steps older than the
 trains on it; the importance weights use the sampler's own logprobs, so they correct the
 staleness too.
 
-Left out: several updates per batch (``num_iterations`` > 1), several trainer processes, reward
-models.
+Several trainer processes (``torchrun`` / ``accelerate launch``): rank 0 samples and broadcasts
+each batch, every rank trains its share, the gradients are summed, rank 0 pushes, evaluates, logs
+and checkpoints (``trainer/distributed.py``).
+
+Left out: several updates per batch (``num_iterations`` > 1), reward models, sharding the base
+model (FSDP).
 
     grpo-math serve &                                  # the generator server, 127.0.0.1:8000
     grpo-math train --max-steps 10                     # the recipe's defaults
     grpo-math train --output-dir runs/NAME --resume    # continue from the newest checkpoint
+    torchrun --nproc-per-node 2 -m grpo_math train --max-steps 10   # two trainer processes
 """
 
 import dataclasses
@@ -40,6 +45,7 @@ from shared.versions import DEFAULT_ADAPTER_KEEP, adapter_keep_for
 from trainer import metrics as names
 from trainer.adapter_sync import AdapterSync, GapWatch, SamplerMismatch
 from trainer.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from trainer.distributed import Ranks
 from trainer.evaluation import RATE_METRICS, evaluate
 from trainer.generators import Generator, GeneratorError, connect_generator, wait_until_healthy
 from trainer.grpo import LossConfig
@@ -70,28 +76,42 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
     """The whole run; returns its folder. ``rewards`` replaces the recipe's four (tests use it)."""
     if rewards is None:
         rewards = tuple(dataclasses.replace(r, weight=w) for r, w in zip(REWARD_FUNCTIONS, settings.reward_weights))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    generator = connect(settings)
+    ranks = Ranks.from_environment()
+    try:
+        return train_ranks(settings, rewards, ranks)
+    finally:
+        ranks.close()
+
+
+def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ranks: Ranks) -> Path:
+    """The run on this process: rank 0 of one, or one rank of several (``trainer/distributed.py``)."""
+    device = ranks.device()
+    generator = connect(settings) if ranks.main else None  # rank 0 alone talks to the servers
     model_path = resolve_model(settings.model)
-    served_model = generator.health().model
-    if Path(served_model).name != Path(model_path).name:
-        logger.warning("the server serves %s but the trainer trains %s", served_model, model_path)
+    if ranks.main and Path(served := generator.health().model).name != Path(model_path).name:
+        logger.warning("the server serves %s but the trainer trains %s", served, model_path)
 
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
-    run_dir = Path(settings.output_dir or Path("runs") / f"{Path(model_path).name}-{datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = ranks.from_main(
+        Path(settings.output_dir or Path("runs") / f"{Path(model_path).name}-{datetime.now():%Y%m%d-%H%M%S}")
+    )
     checkpoints = list_checkpoints(run_dir) if settings.resume else []
     if settings.resume and not checkpoints:
         raise TrainingError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(settings, run_dir / "settings.json")
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(settings, run_dir / "settings.json")
 
     learner, completed_step = load_learner(settings, model_path, device, checkpoints)
-    if checkpoints:
-        forget_rows_after(run_dir / "metrics.jsonl", completed_step)  # those steps are run again
-    sync = AdapterSync(generator, learner.policy, adapter_version=None, policy_step=completed_step)
-    if checkpoints or settings.init_adapter is not None:
-        sync.push(policy_step=completed_step)  # a fresh LoRA (B = 0) is the base model, which serves faster
+    ranks.copy_from_main([p for p in learner.policy.parameters() if p.requires_grad])  # one starting adapter
+    sync = None
+    if ranks.main:
+        if checkpoints:
+            forget_rows_after(run_dir / "metrics.jsonl", completed_step)  # those steps are run again
+        sync = AdapterSync(generator, learner.policy, adapter_version=None, policy_step=completed_step)
+        if checkpoints or settings.init_adapter is not None:
+            sync.push(policy_step=completed_step)  # a fresh LoRA (B = 0) is the base model, which serves faster
 
     run = Run(
         settings=settings,
@@ -99,15 +119,20 @@ def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = 
         generator=generator,
         problems=load_problems("train", settings.dataset),
         eval_questions=list(enumerate(load_problems("test", settings.dataset)[: settings.eval_limit]))
-        if settings.eval_every
+        if settings.eval_every and ranks.main
         else [],
         rewards=rewards,
         loss_config=LossConfig(
             settings.loss_type, settings.beta, settings.epsilon, settings.epsilon_high or settings.epsilon
         ),
         device=device,
+        ranks=ranks,
     )
     steps = range(completed_step + 1, settings.max_steps + 1)
+    if not ranks.main:  # rank 0 samples, pushes, evaluates and logs; the others train their share
+        for step in steps:
+            train_step(step, run, learner, None, None)
+        return run_dir
     logger.info("run folder %s; steps %d..%d", run_dir, steps.start, settings.max_steps)
     batches = Batches(lambda step, version: sample(run, step, version), sync, steps, settings.max_staleness)
     tracker = start_tracker(settings, run_dir)
