@@ -41,9 +41,13 @@ demo: setup
 bench: setup
 	$(VENV)/bin/grpo-math bench --all
 
-# Five minutes of concurrent generate requests and adapter pushes against one server.
+# Concurrent generate requests and adapter pushes against one server, five minutes unless told:
+# make soak SOAK_SECONDS=3600 ADAPTER_MODE=merge (memory slope after the first 10 minutes).
+SOAK_SECONDS ?= 300
+ADAPTER_MODE ?= lora
 soak: setup
-	$(VENV)/bin/python -m benchmarks.soak --seconds 300
+	$(VENV)/bin/python -m benchmarks.soak --seconds $(SOAK_SECONDS) --adapter-mode $(ADAPTER_MODE) \
+	  --output runs/soak-$(ADAPTER_MODE)-$(SOAK_SECONDS)s.json
 
 # The cpu image without an image registry or a package index inside builds (debootstrap base,
 # host-made wheelhouse); then `docker compose -f compose.cpu.yaml up` trains 2 steps and cleans up.

@@ -1,19 +1,26 @@
 """A bounded soak of the generator server on loopback: client threads sending generate requests
 while adapters are pushed (training-style, and evaluation-only ones) for a fixed time. At the end:
 no request failed, the loaded versions stay within the keep-window, the adapter folder did not
-grow, and the server's memory (RSS of it and its engine processes) at the start and the end.
+grow. Every ``--sample-every`` seconds the server's resident memory (it and its engine processes)
+and its adapter folder's size are recorded; the memory slope in MB per hour is fitted (least
+squares) to the samples after the first ``--settle-seconds``, so allocator warm-up is not read as
+a leak.
 
-    python -m benchmarks.soak --seconds 300        # make soak
+    python -m benchmarks.soak --seconds 300                                   # make soak
+    python -m benchmarks.soak --seconds 3600 --adapter-mode merge --output runs/soak-merge.json
 """
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from benchmarks.random_adapter import save_random_adapter
@@ -32,7 +39,40 @@ def adapter_folders() -> set[Path]:
     return set(Path("/dev/shm").glob("grpo-math-adapters-*")) if Path("/dev/shm").is_dir() else set()
 
 
-def run_soak(seconds: float, clients: int = 4, push_every: float = 1.0, adapter_mode: str = "lora") -> dict:
+def folder_bytes(folders: set[Path]) -> int:
+    """The bytes of the files under ``folders`` now (a file removed while counted counts 0)."""
+    total = 0
+    for folder in folders:
+        for root, _, files in os.walk(folder):  # os.walk skips a folder removed under it
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def slope_per_hour(samples: list[dict], key: str, after_seconds: float) -> float | None:
+    """Least-squares slope of ``key`` per hour over the samples taken after ``after_seconds``
+    (None with fewer than 3 such samples).
+
+    >>> samples = [{"seconds": t, "rss_mb": 100 + (50 if t < 60 else t / 36)} for t in range(0, 400, 20)]
+    >>> round(slope_per_hour(samples, "rss_mb", after_seconds=60), 3)
+    100.0
+    """
+    later = [sample for sample in samples if sample["seconds"] >= after_seconds]
+    if len(later) < 3:
+        return None
+    hours = np.array([sample["seconds"] for sample in later]) / 3600
+    return float(np.polyfit(hours, np.array([sample[key] for sample in later]), 1)[0])
+
+
+def run_soak(
+    seconds: float,
+    clients: int = 4,
+    push_every: float = 1.0,
+    adapter_mode: str = "lora",
+    sample_every: float = 10.0,
+    settle_seconds: float = 600.0,
+) -> dict:
     keep = 3
     folders_before = adapter_folders()
     with tempfile.TemporaryDirectory() as scratch:
@@ -77,7 +117,22 @@ def run_soak(seconds: float, clients: int = 4, push_every: float = 1.0, adapter_
                             errors.append(str(error)[:300])
                     time.sleep(push_every)
 
-            threads = [threading.Thread(target=client) for _ in range(clients)] + [threading.Thread(target=pusher)]
+            samples: list[dict] = []
+            started = time.monotonic()
+
+            def sampler() -> None:
+                while time.monotonic() < stop:
+                    samples.append(
+                        {
+                            "seconds": round(time.monotonic() - started, 1),
+                            "rss_mb": round(tree_rss_mb(local.process.pid), 1),
+                            "adapter_folder_bytes": folder_bytes(server_folders),
+                        }
+                    )
+                    time.sleep(min(sample_every, max(stop - time.monotonic(), 0)))
+
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            threads += [threading.Thread(target=pusher), threading.Thread(target=sampler)]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -94,7 +149,12 @@ def run_soak(seconds: float, clients: int = 4, push_every: float = 1.0, adapter_
                 "adapter_files_at_end": len(files),
                 "rss_start_mb": round(rss_start, 1),
                 "rss_end_mb": round(tree_rss_mb(local.process.pid), 1),
+                "settle_seconds": settle_seconds,
+                "rss_slope_mb_per_hour": slope_per_hour(samples, "rss_mb", settle_seconds),
+                "adapter_folder_bytes_max": max(sample["adapter_folder_bytes"] for sample in samples),
+                "adapter_folder_bytes_end": folder_bytes(server_folders),
                 "first_errors": errors[:3],
+                "samples": samples,
             }
             server.close()
     return result
@@ -106,9 +166,19 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--push-every", type=float, default=1.0)
     parser.add_argument("--adapter-mode", choices=("lora", "merge"), default="lora")
+    parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between memory samples")
+    parser.add_argument(
+        "--settle-seconds", type=float, default=600.0, help="memory samples before this are left out of the slope"
+    )
+    parser.add_argument("--output", type=Path, help="also write the result, with every sample, to this JSON file")
     args = parser.parse_args()
-    result = run_soak(args.seconds, args.clients, args.push_every, args.adapter_mode)
-    print(json.dumps(result, indent=2))
+    result = run_soak(
+        args.seconds, args.clients, args.push_every, args.adapter_mode, args.sample_every, args.settle_seconds
+    )
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2))
+    print(json.dumps({key: value for key, value in result.items() if key != "samples"}, indent=2))
     ok = result["errors"] == 0 and len(result["loaded_versions"]) <= result["keep_window"]
     return 0 if ok else 1
 

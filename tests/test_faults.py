@@ -283,8 +283,10 @@ def test_https_with_the_trainers_ca_bundle(tmp_path):
 
 
 def test_a_bounded_soak_of_requests_and_pushes(tmp_path):
-    result = run_soak(seconds=40, clients=3, push_every=1.0, adapter_mode="lora")
+    result = run_soak(seconds=40, clients=3, push_every=1.0, adapter_mode="lora", sample_every=5, settle_seconds=10)
     print("\nsoak:", json.dumps(result))
+    assert result["rss_slope_mb_per_hour"] is not None and len(result["samples"]) >= 6
+    assert 0 < result["adapter_folder_bytes_end"] <= result["adapter_folder_bytes_max"]
     assert result["errors"] == 0, result["first_errors"]
     assert result["requests"] > 20 and result["pushes"] > 10
     assert len(result["loaded_versions"]) <= result["keep_window"]
