@@ -4,7 +4,9 @@ For each of ``--starts`` fresh ``grpo-math serve --adapter-mode lora`` processes
 decoding is exact), push the same adapter (A and B both drawn from ``--seed``; its sha256 is
 logged) and decode a fixed prompt greedily with the base model and with the adapter; compare the
 tokens with the base model's and with transformers + PEFT's own greedy tokens for that adapter,
-computed once here. Prints one JSON line per start and a summary line.
+computed again after every start. A push the server refuses because its probe saw the base model
+(``shared.probe``) is recorded as such. Prints one JSON line per start and a summary line; the
+lines already in ``--output`` count as done, so an interrupted run continues where it stopped.
 
     python -m benchmarks.lora_applied --starts 20 --output runs/lora-applied.jsonl
 """
@@ -23,7 +25,7 @@ from grpo_math.local_server import LocalServer
 from shared.models import embedded_model_dir
 from shared.prompting import build_prompt
 from shared.protocol import AdapterUpload, GenerateRequest
-from trainer.generators import GrpoMathServer
+from trainer.generators import GeneratorError, GrpoMathServer
 
 FLAGS = ["--adapter-mode", "lora", "--dtype", "float32", "--quantization", "none", "--enforce-eager",
          "--kv-cache-bytes", str(256 * 2**20), "--max-model-len", "1024"]  # fmt: skip
@@ -50,14 +52,19 @@ def one_start(number: int, adapter: Path, folder: Path) -> dict:
     with LocalServer(FLAGS, folder / f"server-{number}.log") as local:
         client = GrpoMathServer(local.url)
         base = client.generate(request.model_copy(update={"adapter_version": None}))
-        version = client.push_adapter(AdapterUpload.from_folder(adapter)).version
-        tuned = client.generate(request.model_copy(update={"adapter_version": version}))
+        try:
+            version = client.push_adapter(AdapterUpload.from_folder(adapter)).version
+            tuned = client.generate(request.model_copy(update={"adapter_version": version}))
+            adapter_tokens, refusal = tuned.groups[0].completions[0].token_ids, None
+        except GeneratorError as error:  # the probe saw the base model: the server refused the push
+            adapter_tokens, refusal = None, str(error)
         client.close()
     return {
         "start": number,
         "prompt_token_ids": base.groups[0].prompt_token_ids,
         "base": base.groups[0].completions[0].token_ids,
-        "adapter": tuned.groups[0].completions[0].token_ids,
+        "adapter": adapter_tokens,
+        "refused": refusal,
     }
 
 
@@ -68,21 +75,23 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("runs/lora-applied.jsonl"), help="(default: %(default)s)")
     arguments = parser.parse_args()
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in arguments.output.read_text().splitlines()] if arguments.output.exists() else []
     with tempfile.TemporaryDirectory() as scratch:
         adapter = save_random_adapter(Path(scratch) / "adapter", seed=arguments.seed)
         digest = hashlib.sha256((adapter / AdapterUpload.MODEL_FILE).read_bytes()).hexdigest()
-        results, expected = [], None
-        with open(arguments.output, "w") as output:
-            for number in range(1, arguments.starts + 1):
+        if any(result["adapter_sha256"] != digest for result in done):
+            parser.error(f"--output {arguments.output} holds starts of another adapter; choose a new file")
+        results = list(done)
+        with open(arguments.output, "a") as output:
+            for number in range(len(done) + 1, arguments.starts + 1):
                 started = time.perf_counter()
                 result = one_start(number, adapter, Path(scratch))
-                if expected is None:
-                    expected = peft_tokens(adapter, result["prompt_token_ids"])
+                peft_base, peft_adapter = peft_tokens(adapter, result["prompt_token_ids"])
                 result.update(
                     adapter_sha256=digest,
-                    peft_base=expected[0],
-                    peft_adapter=expected[1],
-                    applied=result["adapter"] == expected[1],
+                    peft_base=peft_base,
+                    peft_adapter=peft_adapter,
+                    applied=result["adapter"] == peft_adapter,
                     served_the_base_model=result["adapter"] == result["base"],
                     seconds=round(time.perf_counter() - started, 1),
                 )
@@ -94,8 +103,10 @@ def main() -> int:
         "starts": len(results),
         "adapter_applied": sum(r["applied"] for r in results),
         "served_the_base_model": sum(r["served_the_base_model"] for r in results),
+        "refused_by_the_probe": sum(r["refused"] is not None for r in results),
         "adapter_sha256": digest,
         "base_equals_peft_base": all(r["base"] == r["peft_base"] for r in results),
+        "peft_adapter_the_same_every_start": len({tuple(r["peft_adapter"]) for r in results}) == 1,
     }
     print(json.dumps(summary))
     return 0
