@@ -11,10 +11,9 @@ the synchronous loop (S = 0), on this project's server (merge mode) and trainer.
 import os
 import statistics
 
-from benchmarks.measure import Figure, Interleaved, ratio_figure
+from benchmarks.measure import SHARED_SERVER, Figure, Interleaved, ratio_figure
 from benchmarks.training import train_metrics
 from grpo_math import recipe
-from grpo_math.local_server import LocalServer
 from trainer import metrics as names
 
 
@@ -60,21 +59,21 @@ def async_training(context) -> list[Figure]:
     if len(cores) >= 2 and not context.quick:
         placements["split"] = (str(cores[0]), cores[1:])
     for placement, (server_cores, trainer_cores) in placements.items():
-        flags = ["--adapter-mode", "merge", "--max-model-len", "2048"] + (
-            ["--cpu-threads", server_cores] if server_cores else []
-        )
-        with LocalServer(flags, context.output_dir / f"async-{placement}-server.log") as server:
-            rates = Interleaved().run(
-                {
-                    f"S={s}": (
-                        lambda s=s, cores=trainer_cores: completions_per_minute(
-                            trained_run(context, server.url, s, 1 + context.measured_steps, 0, cores), group
-                        )
+        if server_cores:  # the shared server steps aside: it would take the cores this placement splits
+            context.end_scenario(keep_shared=False)
+        url = context.server(*SHARED_SERVER, *(["--cpu-threads", server_cores] if server_cores else [])).url
+        rates = Interleaved().run(
+            {
+                f"S={s}": (
+                    lambda s=s, cores=trainer_cores, url=url: completions_per_minute(
+                        trained_run(context, url, s, 1 + context.measured_steps, 0, cores), group
                     )
-                    for s in context.async_staleness
-                },
-                context.repetitions,
-            )
+                )
+                for s in context.async_staleness
+            },
+            context.repetitions,
+        )
+        context.end_scenario()  # a split placement's server goes; the shared one stays
         raw["throughput"][placement] = rates
         note = (
             "server and trainer on every core"
@@ -101,27 +100,25 @@ def async_training(context) -> list[Figure]:
                 )
             )
 
-    with LocalServer(
-        ["--adapter-mode", "merge", "--max-model-len", "2048"], context.output_dir / "async-curves.log"
-    ) as server:
-        for seed in context.async_seeds:
-            for s in (0, 1):
-                rows = trained_run(context, server.url, s, context.async_curve_steps, seed, None)
-                raw["curves"][f"S={s} seed={seed}"] = [
-                    {
-                        key: row.get(key)
-                        for key in (
-                            names.STEP,
-                            names.REWARD,
-                            names.FORMAT_EXACT_RATE,
-                            names.STALENESS,
-                            names.SAMPLER_GAP,
-                            names.IMPORTANCE_DROPPED_FRACTION,
-                            names.STEP_SECONDS,
-                        )
-                    }
-                    for row in rows
-                ]
+    url = context.server(*SHARED_SERVER).url
+    for seed in context.async_seeds:
+        for s in (0, 1):
+            rows = trained_run(context, url, s, context.async_curve_steps, seed, None)
+            raw["curves"][f"S={s} seed={seed}"] = [
+                {
+                    key: row.get(key)
+                    for key in (
+                        names.STEP,
+                        names.REWARD,
+                        names.FORMAT_EXACT_RATE,
+                        names.STALENESS,
+                        names.SAMPLER_GAP,
+                        names.IMPORTANCE_DROPPED_FRACTION,
+                        names.STEP_SECONDS,
+                    )
+                }
+                for row in rows
+            ]
     context.raw["async"] = raw
     curves_chart(context, raw["curves"])
     for key, what in (

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from benchmarks import asynchronous, serving, training
 from benchmarks.baseline import baseline_from, check_against
-from benchmarks.measure import Figure, machine
+from benchmarks.measure import SHARED_SERVER, Figure, machine
+from grpo_math.local_server import LocalServer
 from shared.settings import Check, at_least, check_fields, parse_settings, require, setting
 
 SCENARIOS = {
@@ -103,6 +104,23 @@ class Context:
     output_dir: Path
     raw: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    servers: dict[tuple[str, ...], LocalServer] = field(default_factory=dict)  # flags → a running server
+
+    def server(self, *flags: str) -> LocalServer:
+        """A healthy ``grpo-math serve FLAGS``, started on first use. The default merge-mode server
+        (``SHARED_SERVER``) stays up for every scenario, the others until the scenario ends: a
+        server start costs 1–2 minutes on 2 cores, and nine scenarios each started their own."""
+        if flags not in self.servers:
+            self.cache["servers_started"] = started = self.cache.get("servers_started", 0) + 1
+            log_path = self.output_dir / f"server-{started}.log"
+            with open(self.output_dir / "servers.txt", "a") as listing:
+                listing.write(f"{log_path.name}: {' '.join(flags)}\n")
+            self.servers[flags] = LocalServer(list(flags), log_path).start()
+        return self.servers[flags]
+
+    def end_scenario(self, keep_shared: bool = True) -> None:
+        for flags in [flags for flags in self.servers if flags != SHARED_SERVER or not keep_shared]:
+            self.servers.pop(flags).stop()
 
     @property
     def quick(self) -> bool:
@@ -251,11 +269,15 @@ def run_bench(settings: BenchSettings) -> Path:
     figures: list[tuple[str, Figure]] = []
     durations = {}
     progress = tqdm(names, desc="bench", unit="scenario")
-    for name in progress:
-        progress.set_description(f"bench: {name}")
-        started = time.perf_counter()
-        figures += [(name, figure) for figure in SCENARIOS[name](context)]
-        durations[name] = time.perf_counter() - started
+    try:
+        for name in progress:
+            progress.set_description(f"bench: {name}")
+            started = time.perf_counter()
+            figures += [(name, figure) for figure in SCENARIOS[name](context)]
+            context.end_scenario()
+            durations[name] = time.perf_counter() - started
+    finally:
+        context.end_scenario(keep_shared=False)
     report = {
         "machine": machine(),
         "settings": {**settings.__dict__, "scenarios": names},

@@ -19,6 +19,10 @@ import torch
 from shared.protocol import GenerateRequest
 from trainer.generators import Generator
 
+# The servers the scenarios sample from (``grpo-math serve`` flags; ``Context.server`` starts them)
+SHARED_SERVER = ("--max-model-len", "2048", "--adapter-mode", "merge")  # up for the whole bench
+LORA_SERVER = ("--max-model-len", "2048", "--adapter-mode", "lora")
+
 
 @dataclass(frozen=True)
 class Figure:

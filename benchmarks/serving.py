@@ -11,24 +11,30 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.measure import Figure, Interleaved, ratio_figure, sampling_rate, value_figure
+from benchmarks.measure import (
+    LORA_SERVER,
+    SHARED_SERVER,
+    Figure,
+    Interleaved,
+    ratio_figure,
+    sampling_rate,
+    value_figure,
+)
 from benchmarks.random_adapter import save_random_adapter
-from grpo_math.local_server import LocalServer, die_with_parent
+from grpo_math.local_server import die_with_parent
 from shared.gsm8k import load_gsm8k
 from shared.models import nf4_dequantized_dir, resolve_model
 from shared.protocol import AdapterUpload, GenerateRequest
 from trainer.generators import GrpoMathServer, ServerPool
 
 
-def request(prompts: int, n: int, max_tokens: int, seed: int | None = 1, adapter_version="latest") -> GenerateRequest:
+def request(prompts: int, n: int, max_tokens: int, seed: int | None = 1, adapter_version=None) -> GenerateRequest:
+    """The first ``prompts`` GSM8K test questions; the base model unless ``adapter_version`` says
+    otherwise (the shared server may hold another scenario's adapter as "latest")."""
     questions = [problem.prompt for problem in load_gsm8k("test")[:prompts]]
     return GenerateRequest(
         prompts=questions, n=n, max_tokens=max_tokens, temperature=1.0, seed=seed, adapter_version=adapter_version
     )
-
-
-def server_flags(context, *extra: str) -> list[str]:
-    return ["--max-model-len", "2048", *extra]
 
 
 def server_overhead(context) -> list[Figure]:
@@ -55,33 +61,30 @@ def server_overhead(context) -> list[Figure]:
 
     try:
         assert answer().get("ready")
-        with LocalServer(
-            server_flags(context, "--adapter-mode", "merge"), context.output_dir / "overhead-server.log"
-        ) as local:
-            server = GrpoMathServer(local.url)
-            prompt_ids = [group.prompt_token_ids for group in server.generate(body).groups]  # also a warm-up
+        server = GrpoMathServer(context.server(*SHARED_SERVER).url)
+        prompt_ids = [group.prompt_token_ids for group in server.generate(body).groups]  # also a warm-up
 
-            def offline() -> float:
-                worker.stdin.write(
-                    json.dumps(
-                        {
-                            "prompt_token_ids": prompt_ids,
-                            "n": body.n,
-                            "max_tokens": body.max_tokens,
-                            "temperature": body.temperature,
-                            "seed": body.seed,
-                        }
-                    )
-                    + "\n"
+        def offline() -> float:
+            worker.stdin.write(
+                json.dumps(
+                    {
+                        "prompt_token_ids": prompt_ids,
+                        "n": body.n,
+                        "max_tokens": body.max_tokens,
+                        "temperature": body.temperature,
+                        "seed": body.seed,
+                    }
                 )
-                worker.stdin.flush()
-                result = answer()
-                return result["tokens"] / result["seconds"]
-
-            offline()  # warm-up
-            rates = Interleaved().run(
-                {"server": lambda: sampling_rate(server, body), "offline": offline}, context.repetitions
+                + "\n"
             )
+            worker.stdin.flush()
+            result = answer()
+            return result["tokens"] / result["seconds"]
+
+        offline()  # warm-up
+        rates = Interleaved().run(
+            {"server": lambda: sampling_rate(server, body), "offline": offline}, context.repetitions
+        )
     finally:
         worker.stdin.close()
         worker.wait(timeout=60)
@@ -108,14 +111,11 @@ def decode_roofline(context) -> list[Figure]:
     weight_bytes = sum(path.stat().st_size for path in model.glob("*.safetensors"))
     body = request(1, 1, context.sizes["decode_tokens"], seed=None)
     body = body.model_copy(update={"temperature": 0.0})
-    with LocalServer(
-        server_flags(context, "--adapter-mode", "merge"), context.output_dir / "roofline-server.log"
-    ) as local:
-        server = GrpoMathServer(local.url)
-        sampling_rate(server, body)  # warm-up
-        measured = Interleaved().run(
-            {"decode": lambda: sampling_rate(server, body), "bandwidth": memory_bandwidth_gb_s}, context.repetitions
-        )
+    server = GrpoMathServer(context.server(*SHARED_SERVER).url)
+    sampling_rate(server, body)  # warm-up
+    measured = Interleaved().run(
+        {"decode": lambda: sampling_rate(server, body), "bandwidth": memory_bandwidth_gb_s}, context.repetitions
+    )
     bounds = [bandwidth * 1e9 / weight_bytes for bandwidth in measured["bandwidth"]]
     context.raw["decode_roofline"] = {**measured, "weight_bytes": weight_bytes, "bound_tokens_per_s": bounds}
     context.bar_chart("decode_roofline", {"decode": measured["decode"], "bandwidth bound": bounds}, "tokens / s")
@@ -131,15 +131,12 @@ def scaling(context) -> list[Figure]:
     size = context.sizes
     points = {f"n={n}": request(1, n, size["max_tokens"]) for n in size["scaling_n"]}
     points.update({f"prompts={p}, n=8": request(p, 8, size["max_tokens"]) for p in size["scaling_prompts"]})
-    with LocalServer(
-        server_flags(context, "--adapter-mode", "merge"), context.output_dir / "scaling-server.log"
-    ) as local:
-        server = GrpoMathServer(local.url)
-        sampling_rate(server, points["n=1"])  # warm-up
-        rates = Interleaved().run(
-            {name: (lambda body=body: sampling_rate(server, body)) for name, body in points.items()},
-            context.repetitions,
-        )
+    server = GrpoMathServer(context.server(*SHARED_SERVER).url)
+    sampling_rate(server, points["n=1"])  # warm-up
+    rates = Interleaved().run(
+        {name: (lambda body=body: sampling_rate(server, body)) for name, body in points.items()},
+        context.repetitions,
+    )
     context.raw["scaling"] = rates
     context.line_chart("scaling", rates, "completion tokens / s")
     largest_n, largest_p = f"n={size['scaling_n'][-1]}", f"prompts={size['scaling_prompts'][-1]}, n=8"
@@ -154,33 +151,29 @@ def lora_overhead(context) -> list[Figure]:
     in merge mode (the adapter merged into the weights). Both servers up, requests in turns."""
     body = request(context.sizes["prompts"], context.sizes["n"], context.sizes["max_tokens"])
     adapter = AdapterUpload.from_folder(save_random_adapter(context.output_dir / "random-adapter", seed=1))
-    logs = context.output_dir
-    with (
-        LocalServer(server_flags(context, "--adapter-mode", "lora"), logs / "lora-server.log") as lora_local,
-        LocalServer(server_flags(context, "--adapter-mode", "merge"), logs / "merge-server.log") as merge_local,
-    ):
-        lora, merge = GrpoMathServer(lora_local.url), GrpoMathServer(merge_local.url)
-        base_rates = {"lora base": lambda: sampling_rate(lora, body.model_copy(update={"adapter_version": None}))}
-        lora_version = lora.push_adapter(adapter).version
-        reload_ms = [merge.push_adapter(adapter).load_ms for _ in range(max(2, context.repetitions))]
-        merged_version = merge.active_version()
+    lora = GrpoMathServer(context.server(*LORA_SERVER).url)
+    merge = GrpoMathServer(context.server(*SHARED_SERVER).url)
+    base_rates = {"lora base": lambda: sampling_rate(lora, body.model_copy(update={"adapter_version": None}))}
+    lora_version = lora.push_adapter(adapter).version
+    reload_ms = [merge.push_adapter(adapter).load_ms for _ in range(max(2, context.repetitions))]
+    merged_version = merge.active_version()
 
-        def merge_at(version):
-            def measure() -> float:
-                merge.generate(request(1, 1, 4, adapter_version=version))  # switch the weights outside the timing
-                return sampling_rate(merge, body.model_copy(update={"adapter_version": version}))
+    def merge_at(version):
+        def measure() -> float:
+            merge.generate(request(1, 1, 4, adapter_version=version))  # switch the weights outside the timing
+            return sampling_rate(merge, body.model_copy(update={"adapter_version": version}))
 
-            return measure
+        return measure
 
-        rates = Interleaved().run(
-            {
-                **base_rates,
-                "lora adapter": lambda: sampling_rate(lora, body.model_copy(update={"adapter_version": lora_version})),
-                "merge base": merge_at(None),
-                "merge adapter": merge_at(merged_version),
-            },
-            context.repetitions,
-        )
+    rates = Interleaved().run(
+        {
+            **base_rates,
+            "lora adapter": lambda: sampling_rate(lora, body.model_copy(update={"adapter_version": lora_version})),
+            "merge base": merge_at(None),
+            "merge adapter": merge_at(merged_version),
+        },
+        context.repetitions,
+    )
     context.raw["lora_overhead"] = {"tokens_per_s": rates, "merge_reload_ms": reload_ms}
     context.bar_chart("lora_overhead", rates, "completion tokens / s")
     context.cache["merge_reload_ms"] = reload_ms
@@ -198,23 +191,15 @@ def pool(context) -> list[Figure]:
     body = request(context.sizes["prompts"], context.sizes["n"], context.sizes["max_tokens"])
     cores = sorted(os.sched_getaffinity(0))
     halves = [cores[: len(cores) // 2] or cores, cores[len(cores) // 2 :] or cores]
-    flags = server_flags(context, "--adapter-mode", "merge")
-    logs = context.output_dir
-    with (
-        LocalServer(flags, logs / "pool-single.log") as single_local,
-        LocalServer([*flags, "--cpu-threads", ",".join(map(str, halves[0]))], logs / "pool-first.log") as first,
-        LocalServer([*flags, "--cpu-threads", ",".join(map(str, halves[1]))], logs / "pool-second.log") as second,
-    ):
-        single, pair = (
-            GrpoMathServer(single_local.url),
-            ServerPool([GrpoMathServer(first.url), GrpoMathServer(second.url)]),
-        )
-        sampling_rate(single, body), sampling_rate(pair, body)  # warm-up
-        rates = Interleaved().run(
-            {"one server": lambda: sampling_rate(single, body), "two servers": lambda: sampling_rate(pair, body)},
-            context.repetitions,
-        )
-        pair.close()
+    first, second = (context.server(*SHARED_SERVER, "--cpu-threads", ",".join(map(str, half))) for half in halves)
+    single = GrpoMathServer(context.server(*SHARED_SERVER).url)
+    pair = ServerPool([GrpoMathServer(first.url), GrpoMathServer(second.url)])
+    sampling_rate(single, body), sampling_rate(pair, body)  # warm-up
+    rates = Interleaved().run(
+        {"one server": lambda: sampling_rate(single, body), "two servers": lambda: sampling_rate(pair, body)},
+        context.repetitions,
+    )
+    pair.close()
     context.raw["pool"] = rates
     context.bar_chart("pool", rates, "completion tokens / s")
     note = f"{len(cores)} cores: one server on all of them, or two servers on {len(halves[0])} each"

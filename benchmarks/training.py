@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.measure import Figure, Interleaved, ratio_figure, value_figure
+from benchmarks.measure import LORA_SERVER, SHARED_SERVER, Figure, Interleaved, ratio_figure, value_figure
 from grpo_math.local_server import LocalServer, die_with_parent
 from shared.models import nf4_dequantized_dir, resolve_model
 from shared.settings import write_config
@@ -170,18 +170,14 @@ def trl_async(context, length: int) -> dict:
 def step_time(context) -> list[Figure]:
     adapter = context.sft_adapter()
     figures = []
-    flags = ["--max-model-len", "2048"]
-    logs = context.output_dir
-    with (
-        LocalServer([*flags, "--adapter-mode", "lora"], logs / "step-lora-server.log") as lora_server,
-        LocalServer([*flags, "--adapter-mode", "merge"], logs / "step-merge-server.log") as merge_server,
-    ):
-        for length in context.max_completion_lengths:
-            runs, medians = compare_at_length(context, length, adapter, lora_server.url, merge_server.url)
-            context.raw.setdefault("step_time", {})[str(length)] = runs
-            context.cache.setdefault("ours_runs", []).extend(runs.get("merge", []) + runs.get("lora", []))
-            figures += step_figures(length, runs, medians)
-        context.step_chart(context.raw["step_time"])
+    lora_url = context.server(*LORA_SERVER).url if "lora" in context.peers else ""
+    merge_url = context.server(*SHARED_SERVER).url
+    for length in context.max_completion_lengths:
+        runs, medians = compare_at_length(context, length, adapter, lora_url, merge_url)
+        context.raw.setdefault("step_time", {})[str(length)] = runs
+        context.cache.setdefault("ours_runs", []).extend(runs.get("merge", []) + runs.get("lora", []))
+        figures += step_figures(length, runs, medians)
+    context.step_chart(context.raw["step_time"])
     return figures
 
 
@@ -274,10 +270,8 @@ def adapter_sync(context) -> list[Figure]:
     full_bytes = sum(path.stat().st_size for path in model.glob("*.safetensors"))
     runs = [run for run in context.cache.get("ours_runs", []) if "error" not in run]
     if not runs:  # step_time did not run: one short run of our own, merge mode
-        with LocalServer(
-            ["--max-model-len", "2048", "--adapter-mode", "merge"], context.output_dir / "sync-server.log"
-        ) as local:
-            runs = [ours(context, local.url, context.max_completion_lengths[0], context.sft_adapter())]
+        url = context.server(*SHARED_SERVER).url
+        runs = [ours(context, url, context.max_completion_lengths[0], context.sft_adapter())]
     pushed = runs[0]["push_bytes"]
     shares = [push / step for run in runs for push, step in zip(run["split"]["push"], run["steps"])]
     qwen = lora_bytes(QWEN_3B["hidden"], QWEN_3B["layers"], QWEN_3B["kv_heads"], QWEN_3B["head_dim"])
