@@ -105,14 +105,15 @@ class Context:
     raw: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
     servers: dict[tuple[str, ...], LocalServer] = field(default_factory=dict)  # flags → a running server
+    servers_started: int = 0  # numbers the servers' logs (a stopped server's flags may start again)
 
     def server(self, *flags: str) -> LocalServer:
         """A healthy ``grpo-math serve FLAGS``, started on first use. The default merge-mode server
         (``SHARED_SERVER``) stays up for every scenario, the others until the scenario ends: a
         server start costs 1–2 minutes on 2 cores, and nine scenarios each started their own."""
         if flags not in self.servers:
-            self.cache["servers_started"] = started = self.cache.get("servers_started", 0) + 1
-            log_path = self.output_dir / f"server-{started}.log"
+            self.servers_started += 1
+            log_path = self.output_dir / f"server-{self.servers_started}.log"
             with open(self.output_dir / "servers.txt", "a") as listing:
                 listing.write(f"{log_path.name}: {' '.join(flags)}\n")
             self.servers[flags] = LocalServer(list(flags), log_path).start()

@@ -103,6 +103,7 @@ class GeneratorEngine:
         )
         self.highest_version = 0  # the greatest version ever loaded: a new one must exceed it
         self._adapter_lock = asyncio.Lock()
+        self._probe_token_ids = self.tokenizer(PROBE_TEXT)["input_ids"]
         self._base_probe: list[float] | None = None  # the base model's probe logprobs, once
 
     @classmethod
@@ -263,7 +264,7 @@ class GeneratorEngine:
     async def probe(self, version: int | None) -> list[float]:
         """The logprob of each token of ``PROBE_TEXT`` after its prefix, served by ``version``
         (None: the base model): one forward pass over the text, one token sampled and ignored."""
-        token_ids = self.tokenizer(PROBE_TEXT)["input_ids"]
+        token_ids = self._probe_token_ids
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
 
         async def run(lora_request: LoRARequest | None) -> list[float]:

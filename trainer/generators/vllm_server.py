@@ -61,6 +61,7 @@ class VllmServer:
         self.active: int | None = None
         self.highest_version: int | None = None  # learnt from the server on first use
         self.base_model: str | None = None
+        self.probe_token_ids: list[int] | None = None  # PROBE_TEXT tokenized by the server, once
         self.base_probe: list[float] | None = None  # the base model's probe logprobs, once
 
     def close(self) -> None:
@@ -192,7 +193,7 @@ class VllmServer:
     def _probe(self, version: int | None) -> list[float]:
         """The logprob of each token of ``PROBE_TEXT`` after its prefix, served by ``version``
         (None: the base model)."""
-        token_ids = self._prompt_token_ids(PROBE_TEXT)
+        self.probe_token_ids = token_ids = self.probe_token_ids or self._prompt_token_ids(PROBE_TEXT)
         body = {"model": self._model_name(version), "prompt": token_ids, "max_tokens": 1, "prompt_logprobs": 0}
         steps = self._request("POST", "/v1/completions", json=body).json()["choices"][0]["prompt_logprobs"]
         # None for the first token, then {token id: {"logprob": ...}} per position
