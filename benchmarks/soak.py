@@ -145,6 +145,7 @@ def run_soak(
                 "clients": clients,
                 "adapter_mode": adapter_mode,
                 "loaded_versions": loaded,
+                "adapter_keep": keep,
                 "keep_window": 2 * keep,  # activated and evaluation-only versions, each up to --adapter-keep
                 "adapter_files_at_end": len(files),
                 "rss_start_mb": round(rss_start, 1),

@@ -110,8 +110,8 @@ def test_the_producer_samples_with_each_published_version_and_a_lost_one_is_rest
         batches.close()
 
 
-def gap_row(step: int, gap: float | None, sampled_with: int) -> dict:
-    row = {names.STEP: step, names.SAMPLED_WITH_ADAPTER: sampled_with}
+def gap_row(step: int, gap: float | None, sampled_with: int, staleness: int = 0) -> dict:
+    row = {names.STEP: step, names.SAMPLED_WITH_ADAPTER: sampled_with, names.STALENESS: staleness}
     if gap is not None:
         row[names.SAMPLER_GAP] = gap
     return row
@@ -151,3 +151,12 @@ def test_no_bound_or_no_gap_never_pushes():
     GapWatch(bound=None).check(gap_row(2, 5.0, sampled_with=1), sync, ("http://a",))
     GapWatch(bound=0.2).check(gap_row(2, None, sampled_with=1), sync, ("http://a",))  # a skipped step
     assert len(server.pushes) == 1
+
+
+def test_a_batch_sampled_before_the_last_update_is_not_judged():
+    """--max-staleness: the gap of a stale batch holds the updates made since it was sampled."""
+    server, sync = pushed_once()
+    watch = GapWatch(bound=0.2)
+    for step in (2, 3):
+        watch.check(gap_row(step, 0.9, sampled_with=1, staleness=1), sync, ("http://a",))
+    assert len(server.pushes) == 1 and watch.repushed is None

@@ -116,7 +116,7 @@ def test_a_pool_trains_on_without_a_lost_server_and_takes_it_back(tmp_path):
     """Two servers; one killed after step 2 and restarted a minute later on the same port: the
     trainer loses it once its retries are spent, samples every group on the other, and takes it
     back (the newest adapter pushed first) when it answers again; no step is lost or done twice."""
-    steps = 80  # enough that the run outlasts the minute away and the restart (steps of a few seconds)
+    steps = 40  # the run outlasts the minute away and the restart at 3 s a step or slower (4-9 s measured)
     first = LocalServer(SERVER_FLAGS, tmp_path / "first.log").start()
     port = free_port()
     second = LocalServer(SERVER_FLAGS, tmp_path / "second-1.log", port=port).start()
@@ -138,7 +138,8 @@ def test_a_pool_trains_on_without_a_lost_server_and_takes_it_back(tmp_path):
         second.stop()
     assert_each_step_once_in_order(metrics(tmp_path / "run"), steps)
     log = (tmp_path / "train.log").read_text()
-    assert "is lost" in log and "taken back into the pool" in log
+    assert "is lost" in log
+    assert "taken back into the pool" in log, "the run ended before the server came back: raise `steps`"
     assert versions[0] == versions[1] == metrics(tmp_path / "run")[-1]["sampled_with_adapter"] + 1
     assert 'grpo_math_http_requests_total{route="/v1/generate",status="200"}' in sampled  # it sampled again
 
@@ -288,6 +289,8 @@ def test_a_bounded_soak_of_requests_and_pushes(tmp_path):
     assert result["rss_slope_mb_per_hour"] is not None and len(result["samples"]) >= 6
     assert 0 < result["adapter_folder_bytes_end"] <= result["adapter_folder_bytes_max"]
     assert result["errors"] == 0, result["first_errors"]
-    assert result["requests"] > 20 and result["pushes"] > 10
+    # each push is checked and probed while 3 clients sample: about one in 5 s on 2 busy cores
+    assert result["requests"] > 20 and result["pushes"] > result["adapter_keep"] + 1
+    assert min(result["loaded_versions"]) > 1  # the oldest versions were unloaded
     assert len(result["loaded_versions"]) <= result["keep_window"]
     assert result["adapter_files_at_end"] <= 2 * result["keep_window"]  # two files per loaded version

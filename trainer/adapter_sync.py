@@ -66,13 +66,17 @@ class SamplerMismatch(RuntimeError):
 class GapWatch:
     """``--max-sampler-gap``: a batch whose sampler–trainer gap is above the bound suggests the
     server samples with something other than the adapter pushed (the base model, say). The adapter
-    is pushed again once; a batch sampled with that push or later and still above it stops the run."""
+    is pushed again once; a batch sampled with that push or later and still above it stops the run.
+    Only a batch sampled with the trainer's own weights (staleness 0) is judged: one sampled a step
+    or more earlier (``--max-staleness``) differs by the updates made since, which prove nothing."""
 
     bound: float | None
     repushed: int | None = None  # the version pushed again, while watching
 
     def check(self, metrics: dict, sync: AdapterSync, servers: tuple[str, ...]) -> None:
         gap, sampled = metrics.get(metric_names.SAMPLER_GAP), metrics[metric_names.SAMPLED_WITH_ADAPTER]
+        if metrics.get(metric_names.STALENESS, 0) > 0:
+            return
         after_repush = self.repushed is not None and sampled >= self.repushed
         if self.bound is None or gap is None or gap <= self.bound:
             if gap is not None and after_repush:

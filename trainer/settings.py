@@ -53,7 +53,7 @@ class TrainSettings:
         0.1,
         "mean |log π_trainer − log π_sampler| per token above which the server is taken not to serve the adapter "
         "pushed: push it again once, stop if a batch sampled after that is still above (healthy runs measure "
-        "0.005-0.04); none = never check",
+        "0.005-0.04); judged on batches sampled with the trainer's own weights (staleness 0); none = never check",
         check=positive(),
     )
     max_bad_steps: int = setting(
