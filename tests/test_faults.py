@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from benchmarks.random_adapter import save_random_adapter
@@ -31,8 +32,9 @@ pytestmark = pytest.mark.slow
 SERVER_FLAGS = ["--enforce-eager", "--kv-cache-bytes", str(256 * 2**20), "--max-model-len", "1024"]
 
 
-def start_trainer(url: str | tuple[str, ...], run_dir: Path, log: Path, **settings) -> subprocess.Popen:
-    """``grpo-math train --config FILE`` in a process of its own; ``settings``: ``TrainSettings`` fields."""
+def start_trainer(url: str | tuple[str, ...], run_dir: Path, log: Path, ranks: int = 1, **settings) -> subprocess.Popen:
+    """``grpo-math train --config FILE`` in a process of its own (``ranks`` > 1: that many, under
+    ``torchrun``); ``settings``: ``TrainSettings`` fields."""
     train_settings = TrainSettings(
         server_url=(url,) if isinstance(url, str) else url,
         output_dir=str(run_dir),
@@ -45,6 +47,9 @@ def start_trainer(url: str | tuple[str, ...], run_dir: Path, log: Path, **settin
     )
     config = write_config(train_settings, log.parent / f"train-config-{time.monotonic_ns()}.json")
     command = [sys.executable, "-m", "grpo_math", "train", "--config", str(config)]
+    if ranks > 1:
+        launcher = ["torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1"]
+        command[1:2] = ["-m", *launcher, "--master-port", str(free_port()), "-m"]
     return subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT)  # noqa: SIM115 (closed with the process)
 
 
@@ -213,6 +218,29 @@ def test_the_trainer_killed_mid_step_resumes_with_each_step_once(shared_server, 
     resumed = start_trainer(shared_server.url, run_dir, tmp_path / "train.log", max_steps=6, save_every=2, resume=True)
     assert resumed.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
     assert_each_step_once_in_order(metrics(run_dir), 6)
+
+
+def test_two_ranks_against_a_real_server_one_killed_then_resumed_log_each_step_once(shared_server, tmp_path):
+    """``torchrun --nproc-per-node 2``: rank 1 killed (SIGKILL) mid-run ends the whole run (the
+    launcher stops rank 0); ``--resume`` on 2 ranks finishes it, each step logged once, and the
+    server serves the adapter of the last step."""
+    run_dir, log = tmp_path / "run", tmp_path / "train.log"
+    trainer = start_trainer(shared_server.url, run_dir, log, ranks=2, max_steps=6, save_every=2)
+    try:
+        wait_for(lambda: len(metrics(run_dir)) >= 3, timeout=600)
+        workers = psutil.Process(trainer.pid).children(recursive=True)
+        rank_1 = next(worker for worker in workers if worker.environ().get("RANK") == "1")
+        rank_1.send_signal(signal.SIGKILL)
+        assert trainer.wait(timeout=120) != 0  # the launcher ends the run: no rank hangs
+        assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+    finally:
+        trainer.kill()
+    resumed = start_trainer(shared_server.url, run_dir, log, ranks=2, max_steps=6, save_every=2, resume=True)
+    assert resumed.wait(timeout=900) == 0, log.read_text()[-3000:]
+    rows = metrics(run_dir)
+    assert_each_step_once_in_order(rows, 6)
+    assert "resumed from" in log.read_text()
+    assert GrpoMathServer(shared_server.url).active_version() == rows[-1]["sampled_with_adapter"] + 1
 
 
 def test_the_trainer_killed_during_a_checkpoint_save_resumes_from_the_one_before(shared_server, tmp_path):
