@@ -101,6 +101,20 @@ def test_compose_with_the_env_example_starts_the_gpu_pair_and_never_shows_the_ke
     assert set(config["volumes"]) == {"model-cache", "runs", "api-key"}
 
 
+def test_the_trainer_ranks_file_runs_two_ranks_under_torchrun_on_two_cards_of_their_own():
+    result = compose_config("-f", str(ROOT / "compose.trainer-ranks.yaml"), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    trainer, generator = services["trainer"], services["generator"]
+    assert trainer["entrypoint"] == ["torchrun", "--standalone", "--nproc-per-node=2", "-m", "grpo_math"]
+    assert trainer["command"][0] == "train"
+    cards = {name: service["deploy"]["resources"]["reservations"]["devices"] for name, service in services.items()
+             if name in ("generator", "trainer")}  # fmt: skip
+    assert [device["device_ids"] for device in cards["trainer"]] == [["1", "2"]]
+    assert [device["device_ids"] for device in cards["generator"]] == [["0"]]
+    assert generator["command"][0] == "serve"
+
+
 def test_one_gpu_setting_puts_both_on_gpu_0_with_less_vllm_memory():
     result = compose_config(
         "config", "--format", "json", environment={"TRAINER_GPU": "0", "GPU_MEMORY_UTILIZATION": "0.45"}

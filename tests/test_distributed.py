@@ -24,12 +24,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_step(output: Path, *arguments: str, ranks: int = 1) -> dict[str, torch.Tensor]:
+LAUNCHERS = {  # two ranks on this machine, as the docs launch them
+    "torchrun": ["torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port"],
+    "accelerate": ["accelerate.commands.launch", "--config_file", "configs/accelerate/cpu-2-ranks.yaml",
+                   "--main_process_port"],
+}  # fmt: skip
+
+
+def run_step(output: Path, *arguments: str, launcher: str | None = None) -> dict[str, torch.Tensor]:
     environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK")}
     command = [sys.executable, "-m", "tests.distributed_step"]
-    if ranks > 1:  # torchrun
-        launcher = ["torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1"]
-        command = [sys.executable, "-m", *launcher, "--master-port", str(free_port()), "-m", "tests.distributed_step"]
+    if launcher is not None:
+        command = [sys.executable, "-m", *LAUNCHERS[launcher], str(free_port()), "-m", "tests.distributed_step"]
     result = subprocess.run([*command, str(output), *arguments], cwd=ROOT, env=environment, capture_output=True,
                             text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -48,11 +54,15 @@ def relative_difference(first: dict, second: dict) -> float:
 
 def test_two_ranks_make_the_one_process_update_and_a_missing_all_reduce_does_not(tmp_path):
     one = run_step(tmp_path / "one.safetensors")
-    two = run_step(tmp_path / "two.safetensors", ranks=2)
+    two = run_step(tmp_path / "two.safetensors", launcher="torchrun")
+    two_by_accelerate = run_step(tmp_path / "two-accelerate.safetensors", launcher="accelerate")
     half = run_step(tmp_path / "half.safetensors", "--share-of-rank", "0", "--of", "2")
-    assert set(one) == set(two) == set(half)
-    print(f"\n2 ranks: {relative_difference(two, one):.2e}, one share alone: {relative_difference(half, one):.2e}")
-    assert relative_difference(two, one) <= TOLERANCE
+    assert set(one) == set(two) == set(two_by_accelerate) == set(half)
+    print(
+        f"\n2 ranks: {relative_difference(two, one):.2e} (torchrun), {relative_difference(two_by_accelerate, one):.2e}"
+        f" (accelerate launch); one share alone: {relative_difference(half, one):.2e}"
+    )
+    assert relative_difference(two, one) <= TOLERANCE and relative_difference(two_by_accelerate, one) <= TOLERANCE
     assert relative_difference(half, one) >= 10 * TOLERANCE
 
 
