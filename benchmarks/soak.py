@@ -8,6 +8,7 @@ a leak.
 
     python -m benchmarks.soak --seconds 300                                   # make soak
     python -m benchmarks.soak --seconds 3600 --adapter-mode merge --output runs/soak-merge.json
+    python -m benchmarks.soak --plot runs/soak-lora-3600s.json runs/soak-merge-3600s.json --output soak.png
 """
 
 import argparse
@@ -161,6 +162,31 @@ def run_soak(
     return result
 
 
+def plot(results: list[Path], output: Path) -> None:
+    """Each soak result's resident memory and adapter folder size over time, one line per file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (memory, folder) = plt.subplots(1, 2, figsize=(11, 4))
+    for path in results:
+        result = json.loads(path.read_text())
+        minutes = [sample["seconds"] / 60 for sample in result["samples"]]
+        label = f"{result['adapter_mode']} mode"
+        if result["rss_slope_mb_per_hour"] is not None:
+            label += f" ({result['rss_slope_mb_per_hour']:+.1f} MB/h after {result['settle_seconds']:.0f} s)"
+        memory.plot(minutes, [sample["rss_mb"] for sample in result["samples"]], label=label)
+        folder.plot(minutes, [sample["adapter_folder_bytes"] / 2**20 for sample in result["samples"]], label=label)
+    memory.set(xlabel="minutes", ylabel="server + engine resident memory (MB)", title="memory")
+    folder.set(xlabel="minutes", ylabel="adapter folder (MB)", title="adapter files on disk")
+    memory.legend()
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300.0)
@@ -172,7 +198,15 @@ def main() -> int:
         "--settle-seconds", type=float, default=600.0, help="memory samples before this are left out of the slope"
     )
     parser.add_argument("--output", type=Path, help="also write the result, with every sample, to this JSON file")
+    parser.add_argument(
+        "--plot", nargs="+", type=Path, help="instead of a soak: draw these results' memory over time into --output"
+    )
     args = parser.parse_args()
+    if args.plot:
+        if args.output is None or args.output.suffix != ".png":
+            parser.error("--plot needs --output FILE.png")
+        plot(args.plot, args.output)
+        return 0
     result = run_soak(
         args.seconds, args.clients, args.push_every, args.adapter_mode, args.sample_every, args.settle_seconds
     )

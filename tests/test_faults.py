@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from benchmarks.random_adapter import save_random_adapter
-from benchmarks.soak import run_soak
+from benchmarks.soak import plot, run_soak
 from grpo_math.local_server import LocalServer, free_port
 from shared.settings import write_config
 from trainer.batching import question_indices
@@ -314,6 +314,9 @@ def test_https_with_the_trainers_ca_bundle(tmp_path):
 def test_a_bounded_soak_of_requests_and_pushes(tmp_path):
     result = run_soak(seconds=40, clients=3, push_every=1.0, adapter_mode="lora", sample_every=5, settle_seconds=10)
     print("\nsoak:", json.dumps(result))
+    (tmp_path / "soak.json").write_text(json.dumps(result))
+    plot([tmp_path / "soak.json"], tmp_path / "soak.png")
+    assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert result["rss_slope_mb_per_hour"] is not None and len(result["samples"]) >= 6
     assert 0 < result["adapter_folder_bytes_end"] <= result["adapter_folder_bytes_max"]
     assert result["errors"] == 0, result["first_errors"]
