@@ -73,7 +73,10 @@ def run_soak(
     adapter_mode: str = "lora",
     sample_every: float = 10.0,
     settle_seconds: float = 600.0,
+    server_log: Path | None = None,
 ) -> dict:
+    """The soak's result (see the module docstring); ``server_log``: where the server's output is
+    kept (a temporary file unless given). A server whose engine died ends the soak at once."""
     keep = 3
     folders_before = adapter_folders()
     with tempfile.TemporaryDirectory() as scratch:
@@ -82,30 +85,41 @@ def run_soak(
         ]
         flags = ["--adapter-mode", adapter_mode, "--max-model-len", "1024", "--adapter-keep", str(keep),
                  "--kv-cache-bytes", str(256 * 2**20)]  # fmt: skip
-        with LocalServer(flags, Path(scratch) / "soak-server.log") as local:
+        with LocalServer(flags, server_log or Path(scratch) / "soak-server.log") as local:
             server = GrpoMathServer(local.url, retry_seconds=0)
             prompts = [problem.prompt for problem in load_gsm8k("test")[:2]]
             server.generate(GenerateRequest(prompts=prompts, n=2, max_tokens=16))  # warm-up
             server_folders = adapter_folders() - folders_before
             rss_start = tree_rss_mb(local.process.pid)
             counts = {"requests": 0, "pushes": 0, "evaluation_pushes": 0, "errors": 0}
-            errors: list[str] = []
-            stop = time.monotonic() + seconds
+            errors: list[str] = []  # the first few; ``counts`` has them all
+            started = time.monotonic()
+            stop = started + seconds
+            engine_died = threading.Event()
             lock = threading.Lock()
 
+            def running() -> bool:
+                return time.monotonic() < stop and not engine_died.is_set()
+
+            def failed(error: GeneratorError) -> None:
+                with lock:
+                    counts["errors"] += 1
+                    if len(errors) < 3:
+                        errors.append(str(error)[:300])
+                if error.status == 503:  # the engine died: every later request would fail at once
+                    engine_died.set()
+
             def client() -> None:
-                while time.monotonic() < stop:
+                while running():
                     try:
                         server.generate(GenerateRequest(prompts=prompts, n=2, max_tokens=16, temperature=1.0))
                         with lock:
                             counts["requests"] += 1
                     except GeneratorError as error:
-                        with lock:
-                            counts["errors"] += 1
-                            errors.append(str(error)[:300])
+                        failed(error)
 
             def pusher() -> None:
-                while time.monotonic() < stop:
+                while running():
                     activate = counts["pushes"] % 5 != 4  # every fifth push is an evaluation-only one
                     try:
                         server.push_adapter(adapters[counts["pushes"] % 2].model_copy(update={"activate": activate}))
@@ -113,16 +127,13 @@ def run_soak(
                             counts["pushes"] += 1
                             counts["evaluation_pushes"] += 0 if activate else 1
                     except GeneratorError as error:
-                        with lock:
-                            counts["errors"] += 1
-                            errors.append(str(error)[:300])
+                        failed(error)
                     time.sleep(push_every)
 
             samples: list[dict] = []
-            started = time.monotonic()
 
             def sampler() -> None:
-                while time.monotonic() < stop:
+                while running():
                     samples.append(
                         {
                             "seconds": round(time.monotonic() - started, 1),
@@ -130,7 +141,7 @@ def run_soak(
                             "adapter_folder_bytes": folder_bytes(server_folders),
                         }
                     )
-                    time.sleep(min(sample_every, max(stop - time.monotonic(), 0)))
+                    engine_died.wait(min(sample_every, max(stop - time.monotonic(), 0)))
 
             threads = [threading.Thread(target=client) for _ in range(clients)]
             threads += [threading.Thread(target=pusher), threading.Thread(target=sampler)]
@@ -138,11 +149,15 @@ def run_soak(
                 thread.start()
             for thread in threads:
                 thread.join()
-            loaded = server.http.request("GET", "/v1/adapters").json()["loaded_versions"]
+            ended = time.monotonic() - started
+            loaded = (
+                None if engine_died.is_set() else server.http.request("GET", "/v1/adapters").json()["loaded_versions"]
+            )
             files = [path for folder in server_folders for path in folder.rglob("*") if path.is_file()]
             result = {
                 **counts,
                 "seconds": seconds,
+                "engine_died_after_seconds": round(ended, 1) if engine_died.is_set() else None,
                 "clients": clients,
                 "adapter_mode": adapter_mode,
                 "loaded_versions": loaded,
@@ -197,7 +212,10 @@ def main() -> int:
     parser.add_argument(
         "--settle-seconds", type=float, default=600.0, help="memory samples before this are left out of the slope"
     )
-    parser.add_argument("--output", type=Path, help="also write the result, with every sample, to this JSON file")
+    parser.add_argument(
+        "--output", type=Path, help="also write the result, with every sample, to this JSON file (and the server's "
+        "output beside it, as FILE.server.log)"
+    )  # fmt: skip
     parser.add_argument(
         "--plot", nargs="+", type=Path, help="instead of a soak: draw these results' memory over time into --output"
     )
@@ -207,9 +225,12 @@ def main() -> int:
             parser.error("--plot needs --output FILE.png")
         plot(args.plot, args.output)
         return 0
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
     result = run_soak(
-        args.seconds, args.clients, args.push_every, args.adapter_mode, args.sample_every, args.settle_seconds
-    )
+        args.seconds, args.clients, args.push_every, args.adapter_mode, args.sample_every, args.settle_seconds,
+        server_log=args.output.with_suffix(".server.log") if args.output else None,
+    )  # fmt: skip
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2))

@@ -78,9 +78,14 @@ class AdapterMode(Protocol):
     async def discard(self, version: int) -> None:
         """Unload a version that never became active."""
 
-    async def sample(self, requested, run: Callable[[LoRARequest | None], Awaitable[list]]) -> tuple[int | None, list]:
+    async def sample(
+        self, requested, run: Callable[[LoRARequest | None], Awaitable[list]], alone: bool = False
+    ) -> tuple[int | None, list]:
         """Resolve ``requested`` ("latest", a version, None) and return (that version, ``run(...)``)
-        with the engine serving it; raise ``UnknownAdapterVersion`` if it is not served."""
+        with the engine serving it; raise ``UnknownAdapterVersion`` if it is not served.
+        ``alone``: ``run`` shares no engine batch with any other request (a ``prompt_logprobs``
+        request: vLLM's LoRA logits path maps LoRAs per request, not per prompt token, and fails on
+        a batch of several requests, vLLM issues 16668 and 29955)."""
 
     def loaded_versions(self) -> list[int]: ...
 
@@ -276,7 +281,7 @@ class GeneratorEngine:
             # prompt_logprobs: None for the first token, then {token id: Logprob} per position
             return [step[token_id].logprob for step, token_id in zip(final.prompt_logprobs[1:], token_ids[1:])]
 
-        _, logprobs = await self.mode.sample(version, run)
+        _, logprobs = await self.mode.sample(version, run, alone=True)
         return logprobs
 
     def list_adapters(self) -> AdapterListResponse:

@@ -85,9 +85,12 @@ class LoraMode:
         await self.engine.remove_lora(adapter.lora_request.lora_int_id)
         shutil.rmtree(adapter.folder, ignore_errors=True)
 
-    async def sample(self, requested, run: Callable[[LoRARequest | None], Awaitable[list]]) -> tuple[int | None, list]:
+    async def sample(
+        self, requested, run: Callable[[LoRARequest | None], Awaitable[list]], alone: bool = False
+    ) -> tuple[int | None, list]:
         """``run(lora_request)`` through the requested version's LoRA (``"latest"``: the active one;
-        ``None``: the base model); requests of other versions wait at the gate."""
+        ``None``: the base model); requests of other versions wait at the gate, and every other
+        request when ``alone`` (a kind of its own at the gate)."""
         version = self.active_version if requested == "latest" else requested
         if version is not None and version not in self.adapters:
             raise UnknownAdapterVersion(f"adapter version {version} is not loaded; loaded: {self.loaded_versions()}")
@@ -95,7 +98,7 @@ class LoraMode:
         if adapter is not None:
             adapter.in_flight += 1  # no await since resolving: pruning cannot slip in between
         try:
-            async with self.gate.admit(version):
+            async with self.gate.admit(object() if alone else version):
                 return version, await run(None if adapter is None else adapter.lora_request)
         finally:
             if adapter is not None:

@@ -80,11 +80,14 @@ class MergeMode:
         for retired in [v for v in self.sources if v not in keep]:
             del self.sources[retired]
 
-    async def sample(self, requested, run: Callable[[None], Awaitable[list]]) -> tuple[int | None, list]:
+    async def sample(
+        self, requested, run: Callable[[None], Awaitable[list]], alone: bool = False
+    ) -> tuple[int | None, list]:
         """``run(None)`` on the merged weights of the requested version. The version is resolved once
         admitted (a reload is another kind at the gate, so the weights cannot change until this
         request has finished); where another version is merged (an evaluation switched to its
-        adapter, or to the base model), the request switches the weights back first."""
+        adapter, or to the base model), the request switches the weights back first. ``alone`` is
+        not needed here: the engine runs without vLLM's LoRA layers, whose batching it is for."""
         for _ in range(4):
             async with self.gate.admit(SAMPLE):
                 version = self._target(requested)

@@ -13,7 +13,10 @@
   (``trl/experimental/async_grpo``).
 - proof: a version pushed to become active is first scored on ``shared.probe``'s fixed text
   (``prompt_logprobs``) against the base model; equal logprobs for an adapter with non-zero B
-  unload it and refuse the push (the previous version stays active).
+  unload it and refuse the push (the previous version stays active). vLLM's LoRA logits path
+  fails on a ``prompt_logprobs`` request batched with others (vLLM issues 16668, 29955), so this
+  client sends no other request while it probes; other clients of the same server must not
+  sample while a trainer pushes.
 - versions: vLLM numbers nothing, so this client applies the rules of ``shared.versions`` itself,
   starting above the highest ``grpo-math-v<k>`` the server already has; the reply's ``model``
   names the adapter that sampled, and is checked against the one asked for.
@@ -21,6 +24,7 @@
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +67,7 @@ class VllmServer:
         self.base_model: str | None = None
         self.probe_token_ids: list[int] | None = None  # PROBE_TEXT tokenized by the server, once
         self.base_probe: list[float] | None = None  # the base model's probe logprobs, once
+        self.completions_lock = threading.Lock()  # a probe never shares vLLM's batch with this client's sampling
 
     def close(self) -> None:
         self.http.close()
@@ -139,7 +144,8 @@ class VllmServer:
             "skip_special_tokens": True,
             **({} if request.seed is None else {"seed": request.seed}),
         }
-        reply = self._request("POST", "/v1/completions", json=body).json()
+        with self.completions_lock:
+            reply = self._request("POST", "/v1/completions", json=body).json()
         if reply["model"] != body["model"]:
             raise GeneratorError(f"asked vLLM for {body['model']}, it answered with {reply['model']}")
         groups = [CompletionGroup(prompt_token_ids=ids, completions=[]) for ids in prompt_ids]
@@ -195,7 +201,8 @@ class VllmServer:
         (None: the base model)."""
         self.probe_token_ids = token_ids = self.probe_token_ids or self._prompt_token_ids(PROBE_TEXT)
         body = {"model": self._model_name(version), "prompt": token_ids, "max_tokens": 1, "prompt_logprobs": 0}
-        steps = self._request("POST", "/v1/completions", json=body).json()["choices"][0]["prompt_logprobs"]
+        with self.completions_lock:
+            steps = self._request("POST", "/v1/completions", json=body).json()["choices"][0]["prompt_logprobs"]
         # None for the first token, then {token id: {"logprob": ...}} per position
         return [step[str(token_id)]["logprob"] for step, token_id in zip(steps[1:], token_ids[1:])]
 
