@@ -232,7 +232,6 @@ def main() -> int:
         server_log=args.output.with_suffix(".server.log") if args.output else None,
     )  # fmt: skip
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2))
     print(json.dumps({key: value for key, value in result.items() if key != "samples"}, indent=2))
     ok = result["errors"] == 0 and len(result["loaded_versions"]) <= result["keep_window"]
