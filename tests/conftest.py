@@ -2,6 +2,7 @@
 and PEFT adapters built on the same model."""
 
 import signal
+import sys
 from pathlib import Path
 
 import httpx
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.random_adapter import save_random_adapter  # noqa: F401 (the tests take it from here)
-from grpo_math.local_server import LocalServer
+from grpo_math.local_server import LocalServer, free_port
 from shared.models import embedded_model_dir
 from shared.protocol import AdapterUpload
 from shared.settings import API_KEY_ENVIRONMENT
@@ -36,6 +37,12 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+def torchrun(ranks: int) -> list[str]:
+    """``torchrun`` starting ``ranks`` processes on this machine, up to the program it runs."""
+    launcher = ["torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1"]
+    return [sys.executable, "-m", *launcher, "--master-port", str(free_port())]
 
 
 def start_server(

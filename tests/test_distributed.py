@@ -4,7 +4,6 @@ step with the adapter one process makes from the whole batch; one rank's share w
 (a missing all-reduce) ends far outside that tolerance (docs/deploy.md has the measured figures)."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +11,28 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from grpo_math.local_server import free_port
+from tests.conftest import torchrun
 from trainer.distributed import Ranks
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4  # ‖update(2 ranks) − update(1 process)‖ ÷ ‖update(1 process)‖
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-LAUNCHERS = {  # two ranks on this machine, as the docs launch them
-    "torchrun": ["torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port"],
-    "accelerate": ["accelerate.commands.launch", "--config_file", "configs/accelerate/cpu-2-ranks.yaml",
-                   "--main_process_port"],
-}  # fmt: skip
+def launch_two_ranks(launcher: str) -> list[str]:
+    """Two ranks on this machine, as the docs launch them, up to the program they run."""
+    if launcher == "torchrun":
+        return torchrun(2)
+    config = "configs/accelerate/cpu-2-ranks.yaml"
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+            "--main_process_port", str(free_port())]  # fmt: skip
 
 
 def run_step(output: Path, *arguments: str, launcher: str | None = None) -> dict[str, torch.Tensor]:
     environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK")}
     command = [sys.executable, "-m", "tests.distributed_step"]
     if launcher is not None:
-        command = [sys.executable, "-m", *LAUNCHERS[launcher], str(free_port()), "-m", "tests.distributed_step"]
+        command = [*launch_two_ranks(launcher), "-m", "tests.distributed_step"]
     result = subprocess.run([*command, str(output), *arguments], cwd=ROOT, env=environment, capture_output=True,
                             text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -23,6 +23,7 @@ from benchmarks.random_adapter import save_random_adapter
 from benchmarks.soak import plot, run_soak
 from grpo_math.local_server import LocalServer, free_port
 from shared.settings import write_config
+from tests.conftest import torchrun
 from trainer.batching import question_indices
 from trainer.generators import GeneratorError, GrpoMathServer
 from trainer.settings import TrainSettings
@@ -48,8 +49,7 @@ def start_trainer(url: str | tuple[str, ...], run_dir: Path, log: Path, ranks: i
     config = write_config(train_settings, log.parent / f"train-config-{time.monotonic_ns()}.json")
     command = [sys.executable, "-m", "grpo_math", "train", "--config", str(config)]
     if ranks > 1:
-        launcher = ["torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1"]
-        command[1:2] = ["-m", *launcher, "--master-port", str(free_port()), "-m"]
+        command[:2] = [*torchrun(ranks), "-m"]
     return subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT)  # noqa: SIM115 (closed with the process)
 
 
