@@ -79,6 +79,11 @@ class LocalServer:
     def start(self, timeout: float = 600) -> "LocalServer":
         """Start the process and wait until it is healthy; raise with the log's tail if it exits or
         does not become healthy within ``timeout`` seconds."""
+        return self.launch().wait_until_healthy(timeout)
+
+    def launch(self) -> "LocalServer":
+        """Start the process and return at once (``wait_until_healthy`` next): servers launched
+        one after another start side by side."""
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(  # a session of its own: kill() ends the engine's processes too
                 self.command,
@@ -88,6 +93,11 @@ class LocalServer:
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
+        return self
+
+    def wait_until_healthy(self, timeout: float = 600) -> "LocalServer":
+        """Wait until ``/health`` answers 200; if the process exits, does not become healthy within
+        ``timeout`` seconds or the wait is interrupted, stop it and raise (with the log's tail)."""
         try:
             self._wait_until_healthy(timeout)
         except BaseException:  # not healthy, or interrupted while waiting: nothing is left running
@@ -132,7 +142,23 @@ class LocalServer:
         return self.log_path.read_text()[-characters:] if self.log_path.exists() else ""
 
     def __enter__(self) -> "LocalServer":
-        return self.start()
+        """Start the server, unless it was started already (``start_side_by_side``): either way the
+        ``with`` block stops it on the way out."""
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def start_side_by_side(servers: list[LocalServer], timeout: float = 600) -> list[LocalServer]:
+    """Launch every server, then wait for each to be healthy: the engines start side by side
+    rather than one after another. If one fails, every one of them is stopped before the error
+    goes on."""
+    try:
+        for server in servers:
+            server.launch()
+        return [server.wait_until_healthy(timeout) for server in servers]
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise

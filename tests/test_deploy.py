@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from grpo_math.local_server import LocalServer
+from grpo_math.local_server import LocalServer, start_side_by_side
 from shared.models import embedded_model_dir, nf4_dequantized_dir
 from shared.protocol import AdapterUpload, GenerateRequest
 from shared.rewards import WeightedReward
@@ -229,8 +229,12 @@ def test_two_servers_behind_one_trainer_share_each_step_and_every_version(tmp_pa
 
     flags = ["--enforce-eager", "--kv-cache-bytes", str(256 * 2**20), "--max-model-len", "1024"]
     cores = sorted(os.sched_getaffinity(0))
-    first = LocalServer([*flags, "--cpu-threads", str(cores[0])], tmp_path / "first.log")
-    second = LocalServer([*flags, "--cpu-threads", str(cores[-1])], tmp_path / "second.log")
+    first, second = start_side_by_side(
+        [
+            LocalServer([*flags, "--cpu-threads", str(cores[0])], tmp_path / "first.log"),
+            LocalServer([*flags, "--cpu-threads", str(cores[-1])], tmp_path / "second.log"),
+        ]
+    )
     with first, second:
         settings = settings_for(first.url, tmp_path / "run", max_steps=2, save_every=0, report_to="none")
         rows = read_metrics(train(replace(settings, server_url=(first.url, second.url)), rewards=EASY_REWARD))

@@ -1,6 +1,7 @@
 """No server outlives the process that started it: a parent holding a ``LocalServer`` is ended by
 SIGTERM, SIGINT, SIGKILL or its own crash, and the server with every process of its vLLM engine
-is gone soon after; the same for ``grpo-math demo`` ended by SIGTERM while it trains."""
+is gone soon after; the same for ``grpo-math demo`` ended by SIGTERM while it trains. Servers
+started side by side are all stopped when one of them fails to start."""
 
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 import psutil
 import pytest
 
-pytestmark = pytest.mark.slow
+from grpo_math.local_server import LocalServer, start_side_by_side
 
 FLAGS = ["--enforce-eager", "--kv-cache-bytes", str(128 * 2**20), "--max-model-len", "512"]
 PARENT = textwrap.dedent(
@@ -41,6 +42,7 @@ def wait_until_gone(processes: list[psutil.Process], timeout: float) -> list[psu
     return alive(processes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["SIGTERM", "SIGINT", "SIGKILL", "crash"])
 def test_the_server_and_its_engine_end_with_the_process_that_started_them(ending, tmp_path):
     parent = subprocess.Popen(
@@ -59,6 +61,7 @@ def test_the_server_and_its_engine_end_with_the_process_that_started_them(ending
         parent.kill()
 
 
+@pytest.mark.slow
 def test_grpo_math_demo_ended_by_sigterm_leaves_no_server(tmp_path):
     demo = subprocess.Popen(
         [sys.executable, "-m", "grpo_math", "demo", "--output-dir", str(tmp_path), "--sft-steps", "50"],
@@ -78,3 +81,32 @@ def test_grpo_math_demo_ended_by_sigterm_leaves_no_server(tmp_path):
         assert not left, [p.cmdline() for p in left]
     finally:
         demo.kill()
+
+
+HEALTHY = textwrap.dedent(
+    """
+    import http.server, sys
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+    """
+)
+
+
+def test_servers_start_side_by_side_and_all_stop_when_one_fails(tmp_path):
+    healthy = [LocalServer([], tmp_path / f"{name}.log", program=[sys.executable, "-c", HEALTHY]) for name in "ab"]
+    assert start_side_by_side(healthy) == healthy
+    for server in healthy:
+        assert server.process.poll() is None
+        with server:  # started already: the with block only stops it
+            pass
+        assert server.process.poll() is not None
+
+    failing = LocalServer([], tmp_path / "failing.log", program=[sys.executable, "-c", "raise SystemExit(3)"])
+    other = LocalServer([], tmp_path / "other.log", program=[sys.executable, "-c", HEALTHY])
+    with pytest.raises(RuntimeError, match="server exited with 3"):
+        start_side_by_side([failing, other])
+    assert other.process.poll() is not None, "the healthy server launched beside the failing one was stopped"
