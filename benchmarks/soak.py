@@ -1,10 +1,10 @@
 """A bounded soak of the generator server on loopback: client threads sending generate requests
 while adapters are pushed (training-style, and evaluation-only ones) for a fixed time. At the end:
 no request failed, the loaded versions stay within the keep-window, the adapter folder did not
-grow. Every ``--sample-every`` seconds the server's resident memory (it and its engine processes)
-and its adapter folder's size are recorded; the memory slope in MB per hour is fitted (least
-squares) to the samples after the first ``--settle-seconds``, so allocator warm-up is not read as
-a leak.
+grow. Every ``--sample-every`` seconds the server's resident memory (it and its engine
+processes, in all and by process) and its adapter folder's size are recorded; the memory slope
+in MB per hour is fitted (least squares) to the samples after the first ``--settle-seconds``, so
+allocator warm-up is not read as a leak, and the median of each 10-minute window is reported.
 
     python -m benchmarks.soak --seconds 300                                   # make soak
     python -m benchmarks.soak --seconds 3600 --adapter-mode merge --output runs/soak-merge.json
@@ -31,9 +31,20 @@ from shared.protocol import AdapterUpload, GenerateRequest
 from trainer.generators import GeneratorError, GrpoMathServer
 
 
-def tree_rss_mb(pid: int) -> float:
+def rss_by_process_mb(pid: int) -> dict[str, float]:
+    """Resident MB of process ``pid`` ("server") and of each process under it, by name (vLLM's
+    engine core and worker name themselves ``VLLM::EngineCore``, ``VLLM::Worker``)."""
     process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+    by_name = {"server": process.memory_info().rss / 2**20}
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            name = child.name()
+            by_name[name] = by_name.get(name, 0.0) + child.memory_info().rss / 2**20
+    return by_name
+
+
+def tree_rss_mb(pid: int) -> float:
+    return sum(rss_by_process_mb(pid).values())
 
 
 def adapter_folders() -> set[Path]:
@@ -64,6 +75,19 @@ def slope_per_hour(samples: list[dict], key: str, after_seconds: float) -> float
         return None
     hours = np.array([sample["seconds"] for sample in later]) / 3600
     return float(np.polyfit(hours, np.array([sample[key] for sample in later]), 1)[0])
+
+
+def window_medians(samples: list[dict], key: str, window_seconds: float = 600.0) -> list[float]:
+    """The median of ``key`` in each window of ``window_seconds`` (the first from 0 s), a window
+    without samples left out: a leak rises window after window, warm-up levels off.
+
+    >>> window_medians([{"seconds": t, "rss_mb": 100 + t // 10} for t in range(0, 30, 5)], "rss_mb", 10)
+    [100.0, 101.0, 102.0]
+    """
+    windows: dict[int, list[float]] = {}
+    for sample in samples:
+        windows.setdefault(int(sample["seconds"] // window_seconds), []).append(sample[key])
+    return [float(np.median(values)) for _, values in sorted(windows.items())]
 
 
 def run_soak(
@@ -134,10 +158,12 @@ def run_soak(
 
             def sampler() -> None:
                 while running():
+                    by_process = rss_by_process_mb(local.process.pid)
                     samples.append(
                         {
                             "seconds": round(time.monotonic() - started, 1),
-                            "rss_mb": round(tree_rss_mb(local.process.pid), 1),
+                            "rss_mb": round(sum(by_process.values()), 1),
+                            "rss_by_process_mb": {name: round(mb, 1) for name, mb in by_process.items()},
                             "adapter_folder_bytes": folder_bytes(server_folders),
                         }
                     )
@@ -168,6 +194,7 @@ def run_soak(
                 "rss_end_mb": round(tree_rss_mb(local.process.pid), 1),
                 "settle_seconds": settle_seconds,
                 "rss_slope_mb_per_hour": slope_per_hour(samples, "rss_mb", settle_seconds),
+                "rss_10_minute_medians_mb": window_medians(samples, "rss_mb"),
                 "adapter_folder_bytes_max": max(sample["adapter_folder_bytes"] for sample in samples),
                 "adapter_folder_bytes_end": folder_bytes(server_folders),
                 "first_errors": errors[:3],
@@ -178,7 +205,8 @@ def run_soak(
 
 
 def plot(results: list[Path], output: Path) -> None:
-    """Each soak result's resident memory and adapter folder size over time, one line per file."""
+    """Each soak result's resident memory (with each 10-minute window's median as a dot) and
+    adapter folder size over time, one line per file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +219,9 @@ def plot(results: list[Path], output: Path) -> None:
         label = f"{result['adapter_mode']} mode"
         if result["rss_slope_mb_per_hour"] is not None:
             label += f" ({result['rss_slope_mb_per_hour']:+.1f} MB/h after {result['settle_seconds']:.0f} s)"
-        memory.plot(minutes, [sample["rss_mb"] for sample in result["samples"]], label=label)
+        (line,) = memory.plot(minutes, [sample["rss_mb"] for sample in result["samples"]], label=label, alpha=0.6)
+        medians = window_medians(result["samples"], "rss_mb")
+        memory.plot([10 * index + 5 for index in range(len(medians))], medians, "o--", color=line.get_color())
         folder.plot(minutes, [sample["adapter_folder_bytes"] / 2**20 for sample in result["samples"]], label=label)
     memory.set(xlabel="minutes", ylabel="server + engine resident memory (MB)", title="memory")
     folder.set(xlabel="minutes", ylabel="adapter folder (MB)", title="adapter files on disk")

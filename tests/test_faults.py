@@ -21,7 +21,7 @@ import pytest
 
 from benchmarks.random_adapter import save_random_adapter
 from benchmarks.soak import plot, run_soak
-from grpo_math.local_server import LocalServer, free_port
+from grpo_math.local_server import LocalServer, free_port, start_side_by_side
 from shared.settings import write_config
 from tests.conftest import torchrun
 from trainer.batching import question_indices
@@ -122,9 +122,13 @@ def test_a_pool_trains_on_without_a_lost_server_and_takes_it_back(tmp_path):
     trainer loses it once its retries are spent, samples every group on the other, and takes it
     back (the newest adapter pushed first) when it answers again; no step is lost or done twice."""
     steps = 40  # the run outlasts the minute away and the restart at 3 s a step or slower (4-9 s measured)
-    first = LocalServer(SERVER_FLAGS, tmp_path / "first.log").start()
     port = free_port()
-    second = LocalServer(SERVER_FLAGS, tmp_path / "second-1.log", port=port).start()
+    first, second = start_side_by_side(
+        [
+            LocalServer(SERVER_FLAGS, tmp_path / "first.log"),
+            LocalServer(SERVER_FLAGS, tmp_path / "second-1.log", port=port),
+        ]
+    )
     trainer = start_trainer(
         (first.url, second.url), tmp_path / "run", tmp_path / "train.log",
         max_steps=steps, save_every=0, server_retry_seconds=5,
@@ -318,6 +322,8 @@ def test_a_bounded_soak_of_requests_and_pushes(tmp_path):
     plot([tmp_path / "soak.json"], tmp_path / "soak.png")
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert result["rss_slope_mb_per_hour"] is not None and len(result["samples"]) >= 6
+    assert len(result["rss_10_minute_medians_mb"]) == 1  # one window in 40 s
+    assert len(result["samples"][-1]["rss_by_process_mb"]) >= 3  # the server, vLLM's engine core and worker
     assert 0 < result["adapter_folder_bytes_end"] <= result["adapter_folder_bytes_max"]
     assert result["errors"] == 0, result["first_errors"]
     # each push is checked and probed while 3 clients sample: about one in 5 s on 2 busy cores
