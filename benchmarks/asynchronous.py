@@ -59,8 +59,8 @@ def async_training(context) -> list[Figure]:
     if len(cores) >= 2 and not context.quick:
         placements["split"] = (str(cores[0]), cores[1:])
     for placement, (server_cores, trainer_cores) in placements.items():
-        if server_cores:  # the shared server steps aside: it would take the cores this placement splits
-            context.end_scenario(keep_shared=False)
+        if server_cores:  # the lasting servers step aside: they would take the cores this placement splits
+            context.end_scenario(keep_lasting=False)
         url = context.server(*SHARED_SERVER, *(["--cpu-threads", server_cores] if server_cores else [])).url
         rates = Interleaved().run(
             {

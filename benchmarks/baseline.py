@@ -9,8 +9,11 @@ baselines, a tolerance per figure) is the model.
 
     grpo-math bench --all --quick --baseline benchmarks/baselines/cpu.json
     grpo-math bench --all --quick --write-baseline benchmarks/baselines/cpu.json  # from this run
+    python -m benchmarks.baseline runs/bench-a/bench.json runs/bench-b/bench.json \
+        --output benchmarks/baselines/cpu.json                                    # from several runs
 """
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,3 +119,21 @@ def check_against(report: dict, baseline_path: Path) -> bool:
     for verdict in verdicts:
         print(verdict.line())
     return not any(verdict.status == "REGRESSED" for verdict in verdicts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.baseline", description="A baseline file from bench reports (bench.json)."
+    )
+    parser.add_argument("reports", nargs="+", type=Path, help="bench.json files of runs of the same scenarios")
+    parser.add_argument("--output", type=Path, required=True, help="the baseline file to write")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative, beyond the spread")
+    arguments = parser.parse_args(argv)
+    reports = [json.loads(path.read_text()) for path in arguments.reports]
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(baseline_from(reports, arguments.tolerance), indent=2) + "\n")
+    print(f"{arguments.output}: {len(reports)} runs")
+
+
+if __name__ == "__main__":
+    main()

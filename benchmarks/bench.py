@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from benchmarks import asynchronous, serving, training
 from benchmarks.baseline import baseline_from, check_against
-from benchmarks.measure import SHARED_SERVER, Figure, machine
-from grpo_math.local_server import LocalServer
+from benchmarks.measure import LASTING_SERVERS, Figure, machine
+from grpo_math.local_server import LocalServer, start_side_by_side
 from shared.settings import Check, at_least, check_fields, parse_settings, require, setting
 
 SCENARIOS = {
@@ -109,18 +109,35 @@ class Context:
 
     def server(self, *flags: str) -> LocalServer:
         """A healthy ``grpo-math serve FLAGS``, started on first use. The default merge-mode server
-        (``SHARED_SERVER``) stays up for every scenario, the others until the scenario ends: a
-        server start costs 1–2 minutes on 2 cores, and nine scenarios each started their own."""
-        if flags not in self.servers:
-            self.servers_started += 1
-            log_path = self.output_dir / f"server-{self.servers_started}.log"
-            with open(self.output_dir / "servers.txt", "a") as listing:
-                listing.write(f"{log_path.name}: {' '.join(flags)}\n")
-            self.servers[flags] = LocalServer(list(flags), log_path).start()
-        return self.servers[flags]
+        (``SHARED_SERVER``) and the lora-mode one (``LORA_SERVER``, used by two scenarios) stay up
+        until the bench ends, the others until their scenario ends: a server start costs tens of
+        seconds on 2 cores, and nine scenarios each started their own."""
+        return self.servers_side_by_side(flags)[0]
 
-    def end_scenario(self, keep_shared: bool = True) -> None:
-        for flags in [flags for flags in self.servers if flags != SHARED_SERVER or not keep_shared]:
+    def servers_side_by_side(self, *flag_sets: tuple[str, ...]) -> list[LocalServer]:
+        """The servers of ``flag_sets``, those not yet running started side by side; each start's
+        seconds go in ``servers.txt`` and the report's raw data."""
+        starting = {}
+        for flags in dict.fromkeys(flag_sets):
+            if flags not in self.servers:
+                self.servers_started += 1
+                starting[flags] = LocalServer(list(flags), self.output_dir / f"server-{self.servers_started}.log")
+        if starting:
+            started = time.perf_counter()
+            start_side_by_side(list(starting.values()))
+            seconds = time.perf_counter() - started
+            for flags, server in starting.items():
+                self.servers[flags] = server
+                self.raw.setdefault("server_start_seconds", []).append(
+                    {"log": server.log_path.name, "flags": " ".join(flags), "seconds": round(seconds, 1)}
+                )
+                with open(self.output_dir / "servers.txt", "a") as listing:
+                    listing.write(f"{server.log_path.name}: {' '.join(flags)} (healthy after {seconds:.1f} s)\n")
+        return [self.servers[flags] for flags in flag_sets]
+
+    def end_scenario(self, keep_lasting: bool = True) -> None:
+        """Stop the scenario's servers (every server with ``keep_lasting=False``)."""
+        for flags in [flags for flags in self.servers if flags not in LASTING_SERVERS or not keep_lasting]:
             self.servers.pop(flags).stop()
 
     @property
@@ -278,7 +295,7 @@ def run_bench(settings: BenchSettings) -> Path:
             context.end_scenario()
             durations[name] = time.perf_counter() - started
     finally:
-        context.end_scenario(keep_shared=False)
+        context.end_scenario(keep_lasting=False)
     report = {
         "machine": machine(),
         "settings": {**settings.__dict__, "scenarios": names},
@@ -287,6 +304,9 @@ def run_bench(settings: BenchSettings) -> Path:
     }
     (output_dir / "bench.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_table([figure for _, figure in figures])
+    print(
+        f"\nseconds: {sum(durations.values()):.0f} in all; " + ", ".join(f"{n} {s:.0f}" for n, s in durations.items())
+    )
     print(f"\n{output_dir}: bench.json and {', '.join(sorted(p.name for p in output_dir.glob('*.png')))}")
     if settings.write_baseline:
         Path(settings.write_baseline).write_text(json.dumps(baseline_from([report]), indent=2) + "\n")

@@ -22,6 +22,7 @@ from trainer.generators import Generator
 # The servers the scenarios sample from (``grpo-math serve`` flags; ``Context.server`` starts them)
 SHARED_SERVER = ("--max-model-len", "2048", "--adapter-mode", "merge")  # up for the whole bench
 LORA_SERVER = ("--max-model-len", "2048", "--adapter-mode", "lora")
+LASTING_SERVERS = (SHARED_SERVER, LORA_SERVER)  # up from first use to the bench's end
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,8 @@ def server_overhead(context) -> list[Figure]:
         return json.loads(line[3:])
 
     try:
+        server = GrpoMathServer(context.server(*SHARED_SERVER).url)  # starts while the offline engine does
         assert answer().get("ready")
-        server = GrpoMathServer(context.server(*SHARED_SERVER).url)
         prompt_ids = [group.prompt_token_ids for group in server.generate(body).groups]  # also a warm-up
 
         def offline() -> float:
@@ -191,7 +191,9 @@ def pool(context) -> list[Figure]:
     body = request(context.sizes["prompts"], context.sizes["n"], context.sizes["max_tokens"])
     cores = sorted(os.sched_getaffinity(0))
     halves = [cores[: len(cores) // 2] or cores, cores[len(cores) // 2 :] or cores]
-    first, second = (context.server(*SHARED_SERVER, "--cpu-threads", ",".join(map(str, half))) for half in halves)
+    first, second = context.servers_side_by_side(
+        *((*SHARED_SERVER, "--cpu-threads", ",".join(map(str, half))) for half in halves)
+    )
     single = GrpoMathServer(context.server(*SHARED_SERVER).url)
     pair = ServerPool([GrpoMathServer(first.url), GrpoMathServer(second.url)])
     sampling_rate(single, body), sampling_rate(pair, body)  # warm-up

@@ -1,16 +1,20 @@
-"""``grpo-math bench --all --quick``: every scenario runs, and bench.json has the promised shape.
-No timing thresholds: each figure must be a positive finite ratio, or a peer that cannot run here
-reported with the error it raised."""
+"""``grpo-math bench --all --quick``: every scenario runs, bench.json has the promised shape, and
+no figure with a goal regressed past the committed baseline (``benchmarks/baselines/cpu.json``,
+its spread widened by its tolerance). No timing thresholds of its own: each figure must be a
+positive finite ratio, or a peer that cannot run here reported with the error it raised."""
 
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 pytestmark = pytest.mark.slow
+
+BASELINE = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines" / "cpu.json"
 
 FIGURE_FIELDS = {
     "scenario",
@@ -29,10 +33,13 @@ FIGURE_FIELDS = {
 
 def test_bench_all_quick_writes_the_json_the_plots_and_finite_ratios(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "grpo_math", "bench", "--all", "--quick", "--output-dir", str(tmp_path)],
+        [sys.executable, "-m", "grpo_math", "bench", "--all", "--quick", "--output-dir", str(tmp_path),
+         "--baseline", str(BASELINE)],
         capture_output=True, text=True, timeout=3000,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    print(result.stdout[-6000:])  # the table, the seconds and the verdicts against the baseline
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "against " in result.stdout and "REGRESSED" not in result.stdout
     report = json.loads((tmp_path / "bench.json").read_text())
     assert set(report) == {"machine", "settings", "figures", "raw"}
     assert report["machine"]["cores"] >= 1 and report["machine"]["packages"]["vllm"]

@@ -48,3 +48,17 @@ def test_a_run_inside_the_baseline_passes_and_one_regressed_figure_fails(tmp_pat
 
     assert not check_against(report(4.1, 0.60, machine={**MACHINE, "cores": 16}), path)  # memory grew
     assert "another machine" in capsys.readouterr().out
+
+
+def test_a_baseline_file_from_several_reports_on_the_command_line(tmp_path):
+    from benchmarks.baseline import main
+
+    paths = []
+    for index, ratio in enumerate((4.0, 4.4)):
+        paths.append(tmp_path / f"bench-{index}.json")
+        paths[-1].write_text(json.dumps(report(ratio, 0.30)))
+    main([*map(str, paths), "--output", str(tmp_path / "baselines" / "cpu.json")])
+    baseline = json.loads((tmp_path / "baselines" / "cpu.json").read_text())
+    assert baseline["figures"]["s: recipe ÷ ours"]["runs"] == 2
+    assert baseline["figures"]["s: recipe ÷ ours"]["min"] == 4.0 * 0.95
+    assert baseline["figures"]["s: recipe ÷ ours"]["max"] == 4.4 * 1.05
