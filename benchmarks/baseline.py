@@ -121,6 +121,12 @@ def check_against(report: dict, baseline_path: Path) -> bool:
     return not any(verdict.status == "REGRESSED" for verdict in verdicts)
 
 
+def write_baseline(reports: list[dict], path: Path, tolerance: float = DEFAULT_TOLERANCE) -> None:
+    """``baseline_from(reports)`` written to ``path`` (its folder made if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(baseline_from(reports, tolerance), indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.baseline", description="A baseline file from bench reports (bench.json)."
@@ -130,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative, beyond the spread")
     arguments = parser.parse_args(argv)
     reports = [json.loads(path.read_text()) for path in arguments.reports]
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(baseline_from(reports, arguments.tolerance), indent=2) + "\n")
+    write_baseline(reports, arguments.output, arguments.tolerance)
     print(f"{arguments.output}: {len(reports)} runs")
 
 

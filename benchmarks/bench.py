@@ -35,7 +35,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from benchmarks import asynchronous, serving, training
-from benchmarks.baseline import baseline_from, check_against
+from benchmarks.baseline import check_against, write_baseline
 from benchmarks.measure import LASTING_SERVERS, Figure, machine
 from grpo_math.local_server import LocalServer, start_side_by_side
 from shared.settings import Check, at_least, check_fields, parse_settings, require, setting
@@ -309,7 +309,7 @@ def run_bench(settings: BenchSettings) -> Path:
     )
     print(f"\n{output_dir}: bench.json and {', '.join(sorted(p.name for p in output_dir.glob('*.png')))}")
     if settings.write_baseline:
-        Path(settings.write_baseline).write_text(json.dumps(baseline_from([report]), indent=2) + "\n")
+        write_baseline([report], Path(settings.write_baseline))
     return output_dir
 
 

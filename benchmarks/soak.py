@@ -77,7 +77,10 @@ def slope_per_hour(samples: list[dict], key: str, after_seconds: float) -> float
     return float(np.polyfit(hours, np.array([sample[key] for sample in later]), 1)[0])
 
 
-def window_medians(samples: list[dict], key: str, window_seconds: float = 600.0) -> list[float]:
+MEDIAN_WINDOW_SECONDS = 600.0  # the result's ``rss_10_minute_medians_mb`` and the plot's dots
+
+
+def window_medians(samples: list[dict], key: str, window_seconds: float = MEDIAN_WINDOW_SECONDS) -> list[float]:
     """The median of ``key`` in each window of ``window_seconds`` (the first from 0 s), a window
     without samples left out: a leak rises window after window, warm-up levels off.
 
@@ -221,7 +224,8 @@ def plot(results: list[Path], output: Path) -> None:
             label += f" ({result['rss_slope_mb_per_hour']:+.1f} MB/h after {result['settle_seconds']:.0f} s)"
         (line,) = memory.plot(minutes, [sample["rss_mb"] for sample in result["samples"]], label=label, alpha=0.6)
         medians = window_medians(result["samples"], "rss_mb")
-        memory.plot([10 * index + 5 for index in range(len(medians))], medians, "o--", color=line.get_color())
+        centres = [(index + 0.5) * MEDIAN_WINDOW_SECONDS / 60 for index in range(len(medians))]  # minutes
+        memory.plot(centres, medians, "o--", color=line.get_color())
         folder.plot(minutes, [sample["adapter_folder_bytes"] / 2**20 for sample in result["samples"]], label=label)
     memory.set(xlabel="minutes", ylabel="server + engine resident memory (MB)", title="memory")
     folder.set(xlabel="minutes", ylabel="adapter folder (MB)", title="adapter files on disk")
