@@ -70,6 +70,8 @@ FLAGS = {
     "--lora-dropout": "the LoRA dropout",
     "--lora-target-modules": "the modules that get LoRA",
     "--gradient-checkpointing": "activation checkpointing",
+    "--dequantize-once": "the nf4 base dequantised once per update",
+    "--lm-head-dtype": "the dtype of the LM head's product when scoring",
     "--save-every": "steps between checkpoints",
     "--keep-checkpoints": "checkpoints kept",
     "--resume": "continue from the newest checkpoint",
@@ -115,6 +117,7 @@ FLAGS = {
     "--repetitions": "interleaved repetitions of a measurement",
     "--peers": "who a benchmark compares",
     "--timeout": "seconds one benchmark run may take",
+    "--start-from": "the policy the step-time peers start from",
     "--baseline": "committed benchmark figures a run is checked against",
     "--write-baseline": "where a run's figures are written as a baseline",
 }

@@ -15,7 +15,7 @@ from generator_server.adapters import check_adapter, linear_layer_shapes
 from shared.models import embedded_model_dir
 from shared.settings import parse_settings
 from trainer.batching import Sequence, collate, micro_batches, question_indices
-from trainer.policy import adapter_upload, completion_logprobs, load_policy
+from trainer.policy import adapter_upload, completion_logprobs, load_policy, nf4_dequantized_once, nf4_layers
 from trainer.settings import TrainSettings
 from trainer.step import measure_micro_batch
 
@@ -88,7 +88,7 @@ def test_a_no_grad_forward_leaves_the_policy_trainable(policy):
 def test_a_step_that_trains_nothing_still_measures_the_gap_to_the_sampler(policy):
     """Where every group scored alike, one group goes through the policy without gradients: the
     sampler–trainer gap that ``--max-sampler-gap`` checks, and no sequence counted as trained."""
-    run = SimpleNamespace(settings=TrainSettings(), device=torch.device("cpu"))
+    run = SimpleNamespace(settings=TrainSettings(), device=torch.device("cpu"), lm_head_dtype=torch.float32)
     sequences = [Sequence([5, 6, 7], [9, 10], [-1.0, -2.0], 0.0), Sequence([5, 6], [12, 13, 2], [-1.0] * 3, 0.0)]
     stats = measure_micro_batch(run, policy, sequences)
     batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"))
@@ -99,6 +99,49 @@ def test_a_step_that_trains_nothing_still_measures_the_gap_to_the_sampler(policy
     assert (stats.sequences, stats.tokens, stats.loss) == (0, 5, 0.0)
     assert stats.abs_gap / stats.tokens == pytest.approx(expected.item(), rel=1e-5)
     assert all(p.grad is None for p in policy.parameters())
+
+
+def test_dequantising_once_per_step_computes_the_same_logprobs_and_gradients(policy):
+    """``nf4_dequantized_once`` swaps the nf4 base layers for dequantised copies for the block: the
+    log-probabilities and every LoRA gradient are those of the nf4 layers, and the nf4 layers are
+    back afterwards."""
+    sequences = [Sequence([5, 6, 7, 8], [9, 10, 11], [-1.0] * 3, 1.0), Sequence([5, 6], [12, 13, 2], [-1.0] * 3, -1.0)]
+    batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"))
+    layers_before = nf4_layers(policy)
+
+    def logprobs_and_gradients():
+        logps, _ = completion_logprobs(policy, batch, temperature=0.9)
+        (logps * batch.completion_mask * batch.advantages[:, None]).sum().backward()
+        gradients = {name: p.grad.clone() for name, p in policy.named_parameters() if p.requires_grad}
+        policy.zero_grad(set_to_none=True)
+        return logps.detach(), gradients
+
+    per_micro_batch = logprobs_and_gradients()
+    with nf4_dequantized_once(policy):
+        assert nf4_layers(policy) == []
+        once = logprobs_and_gradients()
+    assert nf4_layers(policy) == layers_before
+    assert torch.allclose(once[0], per_micro_batch[0], rtol=0, atol=1e-6)
+    assert once[1].keys() == per_micro_batch[1].keys() and len(once[1]) == 120
+    for name, gradient in per_micro_batch[1].items():
+        assert torch.allclose(once[1][name], gradient, rtol=1e-4, atol=1e-7), name
+
+
+def test_the_lm_head_in_bf16_stays_near_float32(policy):
+    """``--lm-head-dtype compute``: the head's product in bf16, the softmax in fp32; log-probabilities
+    within a few hundredths of a nat of the fp32 head's, and gradients still reach LoRA."""
+    sequences = [Sequence([5, 6, 7, 8], [9, 10, 11], [-1.0] * 3, 1.0), Sequence([5, 6], [12, 13, 2], [-1.0] * 3, -1.0)]
+    batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        float32, _ = completion_logprobs(policy, batch, temperature=0.9)
+    bf16, _ = completion_logprobs(policy, batch, temperature=0.9, head_dtype=torch.bfloat16)
+    difference = (bf16.detach() - float32).abs()[batch.completion_mask]
+    assert 0 < difference.max() < 0.1
+    (bf16 * batch.completion_mask).sum().backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for name, p in policy.named_parameters() if "lora_B" in name
+    )
+    policy.zero_grad(set_to_none=True)
 
 
 def test_micro_batches_group_similar_lengths():

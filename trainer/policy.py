@@ -7,8 +7,10 @@ checkpointing, so neither the full ``(B, L, vocab)`` logits nor a full log-softm
 (with a large vocabulary they dominate the trainer's memory; docs/performance.md has the figures).
 """
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -70,11 +72,70 @@ def load_policy(
     return policy
 
 
+def nf4_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The bitsandbytes 4-bit linear layers of ``model``, by module name (none in a bf16 base)."""
+    import bitsandbytes
+
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, bitsandbytes.nn.Linear4bit)]
+
+
+def dequantized_linear(layer: torch.nn.Module) -> torch.nn.Linear:
+    """A frozen ``nn.Linear`` holding ``layer``'s nf4 weight dequantised to its compute dtype: the
+    very matrix bitsandbytes dequantises in every forward and backward of ``layer`` (on CPU, and on
+    GPU for more than one row), computed once."""
+    import bitsandbytes
+
+    weight = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    weight = weight.to(layer.compute_dtype or weight.dtype)  # (out_features, in_features)
+    linear = torch.nn.Linear(
+        weight.shape[1], weight.shape[0], bias=layer.bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if layer.bias is not None:
+        linear.bias = torch.nn.Parameter(layer.bias.detach().to(weight.dtype), requires_grad=False)
+    return linear
+
+
+@contextlib.contextmanager
+def nf4_dequantized_once(policy: PeftModel, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every nf4 linear layer of the base model computes with a dequantised copy
+    of its weight, made once on entry; the nf4 layers are back on exit. A step's update runs its
+    micro-batches in the block: bitsandbytes would otherwise dequantise every layer twice per
+    micro-batch (forward and backward), with no fused 4-bit kernel for training on CPU. The copy
+    costs the base's linear weights in the compute dtype (2 bytes a parameter) for the update's
+    duration; the values computed are the same. LoRA wrappers keep their adapters: only the
+    frozen base layer under them is swapped."""
+    swapped = nf4_layers(policy) if enabled else []
+    for name, layer in swapped:
+        parent, _, child = name.rpartition(".")
+        setattr(policy.get_submodule(parent), child, dequantized_linear(layer))
+    try:
+        yield
+    finally:
+        for name, layer in swapped:
+            parent, _, child = name.rpartition(".")
+            setattr(policy.get_submodule(parent), child, layer)
+
+
+def dequantize_once_fits(policy: PeftModel, device: torch.device) -> bool:
+    """``--dequantize-once auto``: whether the dequantised copy of the nf4 base takes under a quarter
+    of the memory free now (the device's, or the machine's on CPU)."""
+    copy_bytes = sum(layer.in_features * layer.out_features * 2 for _, layer in nf4_layers(policy))
+    if device.type == "cuda":
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free_bytes = psutil.virtual_memory().available
+    return 0 < copy_bytes < free_bytes / 4
+
+
 def _chunk_logprobs_and_entropy(
-    hidden: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor, temperature: float
+    hidden: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor, temperature: float, head_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, H) hidden states, (N,) targets → (N,) log π(target) after temperature, (N,) entropy."""
-    logits = (hidden.float() @ head_weight.float().T) / temperature  # (N, vocab)
+    """(N, H) hidden states, (N,) targets → (N,) log π(target) after temperature, (N,) entropy; the
+    LM head's product in ``head_dtype``, the softmax in fp32."""
+    logits = (hidden.to(head_dtype) @ head_weight.to(head_dtype).T).float() / temperature  # (N, vocab)
     log_normaliser = torch.logsumexp(logits, dim=-1)  # (N,)
     logprobs = logits.gather(1, targets[:, None]).squeeze(1) - log_normaliser
     with torch.no_grad():
@@ -84,11 +145,15 @@ def _chunk_logprobs_and_entropy(
 
 
 def completion_logprobs(
-    policy: PeftModel, batch: MicroBatch, temperature: float, chunk_tokens: int = 1024
+    policy: PeftModel,
+    batch: MicroBatch,
+    temperature: float,
+    chunk_tokens: int = 1024,
+    head_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of ``batch``'s completion tokens: two (B, T) tensors, zero on
     padding: log π(token) after temperature (with gradient) and the entropy of π at that position
-    (without)."""
+    (without). ``head_dtype``: the LM head's matrix product (``--lm-head-dtype``)."""
     causal_lm = policy.get_base_model()
     hidden = causal_lm.base_model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask
@@ -106,6 +171,7 @@ def completion_logprobs(
             targets[chunk],
             head_weight,
             temperature,
+            head_dtype,
             use_reentrant=False,
         )
         logprob_chunks.append(logprobs)

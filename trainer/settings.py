@@ -118,6 +118,16 @@ class TrainSettings:
     lora_dropout: float = setting(0.1, "LoRA dropout", check=Check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     lora_target_modules: tuple[str, ...] = setting(("q_proj", "v_proj"), "modules that get LoRA")
     gradient_checkpointing: Literal["auto", "on", "off"] = setting("auto", "auto = on with CUDA, off on CPU")
+    lm_head_dtype: Literal["float32", "compute"] = setting(
+        "float32",
+        "the LM head's matrix product when scoring completions: float32, or the compute dtype (bf16 on CPU, "
+        "fp16 on GPU; the softmax stays float32)",
+    )
+    dequantize_once: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "dequantise the nf4 base once per step for the update, not in every micro-batch's forward and "
+        "backward; auto = on where the copy (2 bytes a base parameter) takes under a quarter of the free memory",
+    )
     seed: int = setting(42, "data order, dropout and LoRA init")
     output_dir: str | None = setting(None, "run folder; none = runs/<model>-<time>")
     save_every: int = setting(5, "checkpoint every N steps (0 = only the final adapter)", check=at_least(0))

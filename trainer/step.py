@@ -6,7 +6,8 @@
   3. advantages  (r − group mean) / (group std + 1e-4) within each question's group
   4. loss        the clipped policy loss of TRL 1.16 (``dapo`` by default) on the 4-bit LoRA policy,
                  over micro-batches of similar length, each sequence weighted by π_trainer/π_sampler
-                 (TRL's ``sequence_mask``: the server runs another precision than the nf4 trainer)
+                 (TRL's ``sequence_mask``: the server runs another precision than the nf4 trainer);
+                 with ``--dequantize-once`` on a copy of the base dequantised once for the update
   5. optimizer   gradient-norm clip, AdamW, the learning-rate schedule
   6. push        the adapter's PEFT bytes to the server as the next version (``AdapterSync``)
   7. log         the step's metrics row (``trainer/metrics.py``), returned to the loop
@@ -39,7 +40,7 @@ from trainer.evaluation import strictly_correct
 from trainer.generators import Generator, GeneratorError
 from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
 from trainer.metrics import LossStats, metrics_row, skipped_row
-from trainer.policy import completion_logprobs
+from trainer.policy import completion_logprobs, nf4_dequantized_once
 from trainer.producer import Batches
 from trainer.settings import TrainSettings
 
@@ -59,6 +60,8 @@ class Run:
     loss_config: LossConfig
     device: torch.device
     ranks: Ranks = Ranks()  # the trainer processes of this run (``trainer/distributed.py``)
+    dequantize_once: bool = False  # the update computes with a dequantised copy of the nf4 base (``--dequantize-once``)
+    lm_head_dtype: torch.dtype = torch.float32  # the LM head's product when scoring (``--lm-head-dtype``)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def backward_micro_batch(run: Run, policy, sequences: list[Sequence], normaliser
     """Forward + backward of one micro-batch's share of the loss (gradients accumulate)."""
     settings = run.settings
     batch = collate(sequences, pad_token_id=0, device=run.device)
-    logps, entropies = completion_logprobs(policy, batch, settings.temperature)  # (B, T) each
+    logps, entropies = completion_logprobs(policy, batch, settings.temperature, head_dtype=run.lm_head_dtype)  # (B, T)
     mask = batch.completion_mask.float()  # (B, T)
     weights = None  # (B, 1)
     if settings.vllm_importance_sampling_correction:
@@ -151,7 +154,7 @@ def backward_micro_batch(run: Run, policy, sequences: list[Sequence], normaliser
     reference_logps = None
     if settings.beta != 0.0:
         with torch.no_grad(), policy.disable_adapter():  # the reference: the base model
-            reference_logps, _ = completion_logprobs(policy, batch, settings.temperature)
+            reference_logps, _ = completion_logprobs(policy, batch, settings.temperature, head_dtype=run.lm_head_dtype)
     loss = policy_loss(logps, batch.advantages, mask, normaliser, run.loss_config, weights, reference_logps)
     loss.backward()
     return LossStats(
@@ -168,7 +171,7 @@ def measure_micro_batch(run: Run, policy, sequences: list[Sequence]) -> LossStat
     scored alike trains nothing, yet ``--max-sampler-gap`` still checks it on one group."""
     batch = collate(sequences, pad_token_id=0, device=run.device)
     with torch.no_grad():
-        logps, entropies = completion_logprobs(policy, batch, run.settings.temperature)  # (B, T) each
+        logps, entropies = completion_logprobs(policy, batch, run.settings.temperature, head_dtype=run.lm_head_dtype)
     return LossStats(**measured(logps, entropies, batch.sampler_logprobs, batch.completion_mask.float()))
 
 
@@ -236,7 +239,8 @@ def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: Ad
         max_completion_length=settings.max_completion_length,
     )
 
-    with timed(timings, "train"):  # the loss: gradients accumulate over micro-batches (and ranks)
+    # the loss: gradients accumulate over micro-batches (and ranks)
+    with timed(timings, "train"), nf4_dequantized_once(learner.policy, enabled=run.dequantize_once):
         stats = backward_share(run, learner.policy, trained, normaliser)
         if not trained and run.ranks.main:  # nothing to learn from; the gap to the sampler is still measured
             stats = measure_micro_batch(run, learner.policy, sequences[: settings.num_generations])

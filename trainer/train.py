@@ -49,7 +49,7 @@ from trainer.distributed import Ranks
 from trainer.evaluation import RATE_METRICS, evaluate
 from trainer.generators import Generator, GeneratorError, connect_generator, wait_until_healthy
 from trainer.grpo import LossConfig
-from trainer.policy import load_policy
+from trainer.policy import compute_dtype_for, dequantize_once_fits, load_policy
 from trainer.producer import Batches
 from trainer.settings import TrainSettings, check_against_server
 from trainer.step import Learner, Run, sample, timed, train_step
@@ -127,6 +127,9 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
         ),
         device=device,
         ranks=ranks,
+        dequantize_once=settings.dequantize_once == "on"
+        or (settings.dequantize_once == "auto" and dequantize_once_fits(learner.policy, device)),
+        lm_head_dtype=torch.float32 if settings.lm_head_dtype == "float32" else compute_dtype_for(device),
     )
     steps = range(completed_step + 1, settings.max_steps + 1)
     if not ranks.main:  # rank 0 samples, pushes, evaluates and logs; the others train their share
