@@ -8,6 +8,8 @@ Scenarios (``--scenario NAME ...`` or ``--all``; ``--quick`` sizes them for CI):
                     at each --max-completion-length (goals: recipe ≥ 3, TRL colocate ≥ 2, TRL async ≥ 1.5)
   adapter-sync      bytes pushed per step ÷ a full-weight sync (≤ 1/100); push + load ÷ step (≤ 2 %)
   trainer-memory    peak memory of the 4-bit LoRA trainer ÷ a bf16 base (≤ 0.45)
+  update            the update on one fixed batch: nf4 dequantised once per step ÷ per micro-batch
+                    (≤ 0.6); its model FLOP/s ÷ this machine's bf16 matmul FLOP/s
   decode-roofline   single-sequence decode tok/s ÷ the memory-bandwidth bound (≥ 0.5)
   scaling           tok/s as n and the prompts per request grow
   lora-overhead     tok/s through an adapter ÷ the base model, lora vs merge mode (merge ≥ 0.95)
@@ -22,6 +24,8 @@ on a GPU (Qwen2.5-3B-Instruct there, by --model auto).
     grpo-math bench --all --quick
     grpo-math bench --all --quick --baseline benchmarks/baselines/cpu.json   # the regression guard
     grpo-math bench --scenario step-time --max-completion-length 256 --measured-steps 3 --repetitions 2
+    grpo-math bench --scenario step-time --peers recipe merge --max-completion-length 256 1024 \
+        --start-from warm-up base --measured-steps 1 --repetitions 1      # the recipe's own 1024 tokens
 """
 
 import json
@@ -45,6 +49,7 @@ SCENARIOS = {
     "step-time": training.step_time,
     "adapter-sync": training.adapter_sync,
     "trainer-memory": training.trainer_memory,
+    "update": training.update,
     "decode-roofline": serving.decode_roofline,
     "scaling": serving.scaling,
     "lora-overhead": serving.lora_overhead,
@@ -56,6 +61,7 @@ Scenario = Literal[
     "step-time",
     "adapter-sync",
     "trainer-memory",
+    "update",
     "decode-roofline",
     "scaling",
     "lora-overhead",
@@ -84,6 +90,11 @@ class BenchSettings:
     init_adapter: str | None = setting(
         None,
         "step-time: the adapter every peer starts from; none = a 20-step SFT adapter made here (none in --quick)",
+    )
+    start_from: tuple[Literal["warm-up", "base"], ...] = setting(
+        ("warm-up",),
+        "step-time: the policy every peer starts from: warm-up (--init-adapter's adapter) and/or base "
+        "(the bare base model with a fresh LoRA, whose answers run to the length limit)",
     )
     timeout: float = setting(7200.0, "seconds one peer run may take", check=at_least(1))
     baseline: str | None = setting(
@@ -175,6 +186,8 @@ class Context:
                 scaling_n=(1, 4),
                 scaling_prompts=(1, 2),
                 memory_sequences=4,
+                update_sequences=4,
+                update_completion_tokens=64,
             )
         return dict(
             prompts=2,
@@ -184,6 +197,8 @@ class Context:
             scaling_n=(1, 2, 4, 8, 16),
             scaling_prompts=(1, 2, 4, 8),
             memory_sequences=16,
+            update_sequences=16,
+            update_completion_tokens=256,
         )
 
     @property

@@ -1,5 +1,5 @@
 """The training side's scenarios of ``grpo-math bench``: GRPO step time against the peers, the
-adapter sync's cost, and the 4-bit trainer's memory.
+adapter sync's cost, the 4-bit trainer's memory, and the update on one fixed batch.
 
 Step time: every peer trains the same policy (4-bit nf4 + LoRA r16 q,v, from the same warm-up
 adapter) on the same questions in the same order, 2 prompts × 8 completions per step, at each
@@ -168,15 +168,19 @@ def trl_async(context, length: int) -> dict:
 
 
 def step_time(context) -> list[Figure]:
-    adapter = context.sft_adapter()
+    """Every peer's step time at each completion length, from each starting policy (``--start-from``:
+    the warm-up adapter, or the bare base model)."""
     figures = []
     lora_url = context.server(*LORA_SERVER).url if "lora" in context.peers else ""
     merge_url = context.server(*SHARED_SERVER).url
-    for length in context.max_completion_lengths:
-        runs, medians = compare_at_length(context, length, adapter, lora_url, merge_url)
-        context.raw.setdefault("step_time", {})[str(length)] = runs
-        context.cache.setdefault("ours_runs", []).extend(runs.get("merge", []) + runs.get("lora", []))
-        figures += step_figures(length, runs, medians)
+    for start in context.settings.start_from:
+        adapter = context.sft_adapter() if start == "warm-up" else None
+        for length in context.max_completion_lengths:
+            label = f"{length}" if start == "warm-up" else f"{length} from the base model"
+            runs, medians = compare_at_length(context, length, adapter, lora_url, merge_url)
+            context.raw.setdefault("step_time", {})[label] = runs
+            context.cache.setdefault("ours_runs", []).extend(runs.get("merge", []) + runs.get("lora", []))
+            figures += step_figures(label, runs, medians)
     context.step_chart(context.raw["step_time"])
     return figures
 
@@ -206,7 +210,8 @@ def compare_at_length(context, length: int, adapter: str | None, lora_url: str, 
     return runs, medians
 
 
-def step_figures(length: int, runs: dict[str, list[dict]], medians: dict[str, list]) -> list[Figure]:
+def step_figures(length: str, runs: dict[str, list[dict]], medians: dict[str, list]) -> list[Figure]:
+    """``length``: the completion length, and the starting policy where it is not the warm-up."""
     figures = []
     for ours_mode in ("merge", "lora"):
         if ours_mode not in medians or None in medians[ours_mode]:
@@ -341,3 +346,53 @@ def trainer_memory(context) -> list[Figure]:
         "fp32 logits dominate, not weights"
     )
     return [ratio_figure(f"trainer memory ({key}): nf4 ÷ bf16 base", peaks["nf4"], peaks["bf16"], "<= 0.45", note=note)]
+
+
+# ---- the update --------------------------------------------------------------------------------------
+
+
+def update(context) -> list[Figure]:
+    """The update (forward + backward of a step's micro-batches) on one batch the merge-mode server
+    sampled, in a process of its own, variant by variant (``benchmarks/update_probe.py``): each
+    variant's seconds ÷ the trainer before them, the sampler–trainer gap of each, and the model
+    FLOP/s the update reaches ÷ the bf16 matmul FLOP/s measured in the same process."""
+    sizes = context.sizes
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.update_probe",
+        "--server-url",
+        context.server(*SHARED_SERVER).url,
+        "--sequences",
+        str(sizes["update_sequences"]),
+        "--completion-tokens",
+        str(sizes["update_completion_tokens"]),
+        "--repetitions",
+        str(context.repetitions),
+    ]
+    lines = json_lines(run_process(command, context.output_dir / "update.log", timeout=context.timeout))
+    if not lines:
+        raise RuntimeError(f"the update probe printed nothing; see {context.output_dir / 'update.log'}")
+    result = lines[-1]
+    context.raw["update"] = result
+    seconds = result["seconds"]
+    context.bar_chart("update", seconds, "seconds per update")
+    batch = (
+        f"{sizes['update_sequences']} sampled sequences, {result['tokens']:,} tokens, padding "
+        f"{result['padding_share']:.1%} of the micro-batches' tokens"
+    )
+    before = seconds["per-micro-batch"]
+    figures = [
+        ratio_figure(f"update seconds, same batch: {name} ÷ per-micro-batch", values, before, "<= 0.6", note=batch)
+        for name, values in seconds.items()
+        if name != "per-micro-batch"
+    ]
+    figures += [
+        value_figure(f"sampler–trainer gap, nats per token: {name}", [gap], "nats")
+        for name, gap in result["sampler_gap"].items()
+    ]
+    matmul = f"bf16 matmul {result['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s on {result['threads']} threads"
+    for name in ("per-micro-batch", "bf16 head"):
+        utilisation = [result["update_flops"] / value / result["matmul_flops_per_second"] for value in seconds[name]]
+        figures.append(value_figure(f"update model FLOP/s ÷ bf16 matmul FLOP/s: {name}", utilisation, "×", note=matmul))
+    return figures

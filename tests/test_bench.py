@@ -44,8 +44,8 @@ def test_bench_all_quick_writes_the_json_the_plots_and_finite_ratios(tmp_path):
     assert set(report) == {"machine", "settings", "figures", "raw"}
     assert report["machine"]["cores"] >= 1 and report["machine"]["packages"]["vllm"]
     scenarios = {figure["scenario"] for figure in report["figures"]}
-    assert scenarios == {"server-overhead", "step-time", "adapter-sync", "trainer-memory", "decode-roofline", "scaling",
-                         "lora-overhead", "pool", "async"}  # fmt: skip
+    assert scenarios == {"server-overhead", "step-time", "adapter-sync", "trainer-memory", "update", "decode-roofline",
+                         "scaling", "lora-overhead", "pool", "async"}  # fmt: skip
     for figure in report["figures"]:
         assert set(figure) == FIGURE_FIELDS, figure
         if figure["repetitions"] == 0 and "not runnable" in figure["note"]:
@@ -56,6 +56,7 @@ def test_bench_all_quick_writes_the_json_the_plots_and_finite_ratios(tmp_path):
         "server_overhead",
         "step_time",
         "trainer_memory",
+        "update",
         "decode_roofline",
         "scaling",
         "lora_overhead",
