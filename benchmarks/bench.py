@@ -8,8 +8,9 @@ Scenarios (``--scenario NAME ...`` or ``--all``; ``--quick`` sizes them for CI):
                     at each --max-completion-length (goals: recipe ≥ 3, TRL colocate ≥ 2, TRL async ≥ 1.5)
   adapter-sync      bytes pushed per step ÷ a full-weight sync (≤ 1/100); push + load ÷ step (≤ 2 %)
   trainer-memory    peak memory of the 4-bit LoRA trainer ÷ a bf16 base (≤ 0.45)
-  update            the update on one fixed batch: nf4 dequantised once per step ÷ per micro-batch
-                    (≤ 0.6); its model FLOP/s ÷ this machine's bf16 matmul FLOP/s
+  update            the update on one server-sampled batch: dequantised once, then also the LM head
+                    in bf16, ÷ the update before them (≤ 0.6); each one's sampler–trainer gap; model
+                    FLOP/s ÷ this machine's matmul FLOP/s
   decode-roofline   single-sequence decode tok/s ÷ the memory-bandwidth bound (≥ 0.5)
   scaling           tok/s as n and the prompts per request grow
   lora-overhead     tok/s through an adapter ÷ the base model, lora vs merge mode (merge ≥ 0.95)

@@ -391,8 +391,9 @@ def update(context) -> list[Figure]:
         value_figure(f"sampler–trainer gap, nats per token: {name}", [gap], "nats")
         for name, gap in result["sampler_gap"].items()
     ]
-    matmul = f"bf16 matmul {result['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s on {result['threads']} threads"
-    for name in ("per-micro-batch", "bf16 head"):
+    rate = result["matmul_flops_per_second"] / 1e9
+    matmul = f"matmul {rate:.0f} GFLOP/s in the compute dtype, {result['threads']} threads"
+    for name in ("per-micro-batch", "compute-dtype head"):
         utilisation = [result["update_flops"] / value / result["matmul_flops_per_second"] for value in seconds[name]]
-        figures.append(value_figure(f"update model FLOP/s ÷ bf16 matmul FLOP/s: {name}", utilisation, "×", note=matmul))
+        figures.append(value_figure(f"update model FLOP/s ÷ matmul FLOP/s: {name}", utilisation, "×", note=matmul))
     return figures

@@ -1,8 +1,8 @@
 """The trainer's update on one fixed step-sized batch, timed in one process: forward + backward of
 every micro-batch, as ``train_step`` runs it (``trainer.step.backward_share``), each variant in
 turn, ``--repetitions`` times interleaved. Prints one ``@@ {json}`` line: seconds and the
-sampler–trainer gap by variant, the update's model FLOPs, this machine's bf16 matmul FLOP/s
-measured here, and the padding share.
+sampler–trainer gap by variant, the update's model FLOPs, this machine's matmul FLOP/s in the
+compute dtype (bf16 on CPU) measured here, and the padding share. On a GPU where there is one.
 
 The batch: with ``--server-url``, completions the server samples for the first GSM8K train
 questions (their token ids and sampler logprobs, as a step gets them); without, random tokens
@@ -13,7 +13,7 @@ Variants, each adding one change to the one before:
 - ``per-micro-batch``: bitsandbytes dequantises every nf4 layer in each forward and backward, the
   LM head's product in float32 (the trainer before ``--dequantize-once`` and ``--lm-head-dtype``)
 - ``dequantised once``: ``--dequantize-once on``, one dequantised copy for the update
-- ``bf16 head``: and ``--lm-head-dtype compute``
+- ``compute-dtype head``: and ``--lm-head-dtype compute`` (bf16 on CPU)
 
 ``--profile`` prints torch.profiler's table of the first variant's update instead.
 
@@ -30,7 +30,7 @@ import time
 VARIANTS = {  # name: (dequantise once, LM head in the compute dtype)
     "per-micro-batch": (False, False),
     "dequantised once": (True, False),
-    "bf16 head": (True, True),
+    "compute-dtype head": (True, True),
 }
 
 
@@ -99,16 +99,20 @@ def update_flops(policy, sequences: list, lora_rank: int, lora_targets: tuple[st
     return 4 * base * tokens + 6 * lora * tokens + 4 * head * scored + attention * config.num_hidden_layers
 
 
-def matmul_flops_per_second(size: int = 2048, repetitions: int = 5) -> float:
-    """The best of ``repetitions`` bf16 (size × size) @ (size × size) products, in FLOP/s."""
+def matmul_flops_per_second(device, dtype, size: int = 2048, repetitions: int = 5) -> float:
+    """The best of ``repetitions`` (size × size) @ (size × size) products in ``dtype``, in FLOP/s."""
     import torch
 
-    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     torch.matmul(a, b)
     seconds = []
     for _ in range(repetitions):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         started = time.perf_counter()
         torch.matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     return 2 * size**3 / min(seconds)
 
@@ -134,7 +138,7 @@ def main() -> int:
     from trainer.step import Run, backward_share
 
     torch.manual_seed(0)
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = TrainSettings(micro_batch_size=args.micro_batch, lora_dropout=0.0)
     compute_dtype = compute_dtype_for(device)
     policy = load_policy(
@@ -153,6 +157,8 @@ def main() -> int:
         started = time.perf_counter()
         with nf4_dequantized_once(policy, enabled=dequantize_once):
             stats = backward_share(run, policy, sequences, normaliser)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         policy.zero_grad(set_to_none=True)
         return seconds, stats.abs_gap / stats.tokens
@@ -180,7 +186,7 @@ def main() -> int:
         "median_seconds": {name: statistics.median(values) for name, values in seconds.items()},
         "sampler_gap": gaps if args.server_url else None,
         "update_flops": update_flops(policy, sequences, settings.lora_r, settings.lora_target_modules),
-        "matmul_flops_per_second": matmul_flops_per_second(),
+        "matmul_flops_per_second": matmul_flops_per_second(device, compute_dtype),
         "padding_share": (padded - real) / padded,
         "tokens": real,
         "threads": torch.get_num_threads(),

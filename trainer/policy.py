@@ -87,8 +87,13 @@ def dequantized_linear(layer: torch.nn.Module) -> torch.nn.Linear:
 
     weight = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
     weight = weight.to(layer.compute_dtype or weight.dtype)  # (out_features, in_features)
-    linear = torch.nn.Linear(
-        weight.shape[1], weight.shape[0], bias=layer.bias is not None, device=weight.device, dtype=weight.dtype
+    linear = torch.nn.utils.skip_init(  # no random initialisation of a weight about to be replaced
+        torch.nn.Linear,
+        weight.shape[1],
+        weight.shape[0],
+        bias=layer.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
     )
     linear.weight = torch.nn.Parameter(weight, requires_grad=False)
     if layer.bias is not None:
