@@ -176,7 +176,7 @@ def step_time(context) -> list[Figure]:
     for start in context.settings.start_from:
         adapter = context.sft_adapter() if start == "warm-up" else None
         for length in context.max_completion_lengths:
-            label = f"{length}" if start == "warm-up" else f"{length} from the base model"
+            label = f"{length} tokens" if start == "warm-up" else f"{length} tokens from the base model"
             runs, medians = compare_at_length(context, length, adapter, lora_url, merge_url)
             context.raw.setdefault("step_time", {})[label] = runs
             context.cache.setdefault("ours_runs", []).extend(runs.get("merge", []) + runs.get("lora", []))
@@ -211,7 +211,7 @@ def compare_at_length(context, length: int, adapter: str | None, lora_url: str, 
 
 
 def step_figures(length: str, runs: dict[str, list[dict]], medians: dict[str, list]) -> list[Figure]:
-    """``length``: the completion length, and the starting policy where it is not the warm-up."""
+    """``length``: "256 tokens", with the starting policy where it is not the warm-up."""
     figures = []
     for ours_mode in ("merge", "lora"):
         if ours_mode not in medians or None in medians[ours_mode]:
@@ -219,7 +219,7 @@ def step_figures(length: str, runs: dict[str, list[dict]], medians: dict[str, li
         for peer, goal in GOALS.items():
             if peer not in runs:
                 continue
-            name = f"step time at {length} tokens: {peer} ÷ ours ({ours_mode})"
+            name = f"step time at {length}: {peer} ÷ ours ({ours_mode})"
             if runs[peer] and "error" in runs[peer][-1]:
                 figures.append(
                     Figure(
@@ -238,9 +238,7 @@ def step_figures(length: str, runs: dict[str, list[dict]], medians: dict[str, li
             figures.append(ratio_figure(name, medians[peer], medians[ours_mode], goal))
     if "merge" in medians and "lora" in medians and None not in medians["merge"] + medians["lora"]:
         figures.append(
-            ratio_figure(
-                f"step time at {length} tokens: ours lora ÷ ours merge", medians["lora"], medians["merge"], None
-            )
+            ratio_figure(f"step time at {length}: ours lora ÷ ours merge", medians["lora"], medians["merge"], None)
         )
     for mode in ("merge", "lora"):
         for run in runs.get(mode, []):
@@ -248,7 +246,7 @@ def step_figures(length: str, runs: dict[str, list[dict]], medians: dict[str, li
                 continue
             shares = [push / step for push, step in zip(run["split"]["push"], run["steps"])]
             figures.append(
-                value_figure(f"{mode} mode at {length} tokens: push + load ÷ step time", shares, "×", goal="<= 0.02")
+                value_figure(f"{mode} mode at {length}: push + load ÷ step time", shares, "×", goal="<= 0.02")
             )
             break
     return figures
