@@ -23,7 +23,6 @@ Variants, each adding one change to the one before:
 import argparse
 import json
 import random
-import statistics
 import sys
 import time
 
@@ -86,16 +85,14 @@ def update_flops(policy, sequences: list, lora_rank: int, lora_targets: tuple[st
     from trainer.policy import nf4_layers
 
     config = policy.get_base_model().config
-    tokens = sum(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in sequences)
+    tokens = sum(s.tokens for s in sequences)
     scored = sum(len(s.completion_token_ids) for s in sequences)
     layers = nf4_layers(policy)
     base = sum(layer.in_features * layer.out_features for _, layer in layers)
     adapted = [layer for name, layer in layers if name.endswith(tuple(f"{t}.base_layer" for t in lora_targets))]
     lora = sum(lora_rank * (layer.in_features + layer.out_features) for layer in adapted)
     head = config.hidden_size * config.vocab_size
-    attention = sum(
-        6 * (len(s.prompt_token_ids) + len(s.completion_token_ids)) ** 2 * config.hidden_size for s in sequences
-    )
+    attention = sum(6 * s.tokens**2 * config.hidden_size for s in sequences)
     return 4 * base * tokens + 6 * lora * tokens + 4 * head * scored + attention * config.num_hidden_layers
 
 
@@ -176,14 +173,10 @@ def main() -> int:
         for name, variant in VARIANTS.items():
             update_seconds, gaps[name] = update(*variant)
             seconds[name].append(update_seconds)
-    real = sum(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in sequences)
-    padded = sum(
-        len(chunk) * max(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in chunk)
-        for chunk in micro_batches(sequences, args.micro_batch)
-    )
+    real = sum(s.tokens for s in sequences)
+    padded = sum(len(chunk) * max(s.tokens for s in chunk) for chunk in micro_batches(sequences, args.micro_batch))
     result = {
         "seconds": seconds,
-        "median_seconds": {name: statistics.median(values) for name, values in seconds.items()},
         "sampler_gap": gaps if args.server_url else None,
         "update_flops": update_flops(policy, sequences, settings.lora_r, settings.lora_target_modules),
         "matmul_flops_per_second": matmul_flops_per_second(device, compute_dtype),

@@ -37,6 +37,11 @@ class Sequence:
     sampler_logprobs: list[float]
     advantage: float
 
+    @property
+    def tokens(self) -> int:
+        """Prompt + completion tokens: the length of its row in a micro-batch."""
+        return len(self.prompt_token_ids) + len(self.completion_token_ids)
+
 
 @dataclass(frozen=True)
 class MicroBatch:
@@ -55,14 +60,14 @@ class MicroBatch:
 
 def micro_batches(sequences: list[Sequence], size: int) -> list[list[Sequence]]:
     """Sequences sorted by length, then cut into micro-batches: little padding in each."""
-    ordered = sorted(sequences, key=lambda s: len(s.prompt_token_ids) + len(s.completion_token_ids))
+    ordered = sorted(sequences, key=lambda s: s.tokens)
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
 def collate(sequences: list[Sequence], pad_token_id: int, device: torch.device) -> MicroBatch:
     """The right-padded tensors of one micro-batch, on ``device``."""
     count = len(sequences)
-    longest = max(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in sequences)
+    longest = max(s.tokens for s in sequences)
     longest_completion = max(len(s.completion_token_ids) for s in sequences)
     input_ids = torch.full((count, longest), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros(count, longest, dtype=torch.long)

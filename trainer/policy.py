@@ -110,16 +110,19 @@ def nf4_dequantized_once(policy: PeftModel, enabled: bool = True) -> Iterator[No
     costs the base's linear weights in the compute dtype (2 bytes a parameter) for the update's
     duration; the values computed are the same. LoRA wrappers keep their adapters: only the
     frozen base layer under them is swapped."""
+
+    def put(name: str, module: torch.nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        setattr(policy.get_submodule(parent), child, module)
+
     swapped = nf4_layers(policy) if enabled else []
     for name, layer in swapped:
-        parent, _, child = name.rpartition(".")
-        setattr(policy.get_submodule(parent), child, dequantized_linear(layer))
+        put(name, dequantized_linear(layer))
     try:
         yield
     finally:
         for name, layer in swapped:
-            parent, _, child = name.rpartition(".")
-            setattr(policy.get_submodule(parent), child, layer)
+            put(name, layer)
 
 
 def dequantize_once_fits(policy: PeftModel, device: torch.device) -> bool:
