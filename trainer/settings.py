@@ -119,7 +119,7 @@ class TrainSettings:
     lora_target_modules: tuple[str, ...] = setting(("q_proj", "v_proj"), "modules that get LoRA")
     gradient_checkpointing: Literal["auto", "on", "off"] = setting("auto", "auto = on with CUDA, off on CPU")
     lm_head_dtype: Literal["float32", "compute"] = setting(
-        "float32",
+        "compute",
         "the LM head's matrix product when scoring completions: float32, or the compute dtype (bf16 on CPU, "
         "fp16 on GPU; the softmax stays float32)",
     )
