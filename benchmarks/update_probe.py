@@ -11,11 +11,14 @@ questions (their token ids and sampler logprobs, as a step gets them); without, 
 Variants, each adding one change to the one before:
 
 - ``per-micro-batch``: bitsandbytes dequantises every nf4 layer in each forward and backward, the
-  LM head's product in float32 (the trainer before ``--dequantize-once`` and ``--lm-head-dtype``)
+  LM head's product in float32, its gradient by autograd under activation checkpointing (the
+  trainer before ``--dequantize-once``, ``--lm-head-dtype`` and ``HeadLogprobs``)
 - ``dequantised once``: ``--dequantize-once on``, one dequantised copy for the update
 - ``compute-dtype head``: and ``--lm-head-dtype compute`` (bf16 on CPU)
+- ``head gradient in the forward``: and ``HeadLogprobs``, the head's gradient computed where its
+  softmax is (the trainer's defaults)
 
-``--profile`` prints torch.profiler's table of the first variant's update instead.
+``--profile VARIANT`` prints torch.profiler's table of that variant's update instead.
 
     python -m benchmarks.update_probe --sequences 16 --completion-tokens 256 --repetitions 3
 """
@@ -26,10 +29,11 @@ import random
 import sys
 import time
 
-VARIANTS = {  # name: (dequantise once, LM head in the compute dtype)
-    "per-micro-batch": (False, False),
-    "dequantised once": (True, False),
-    "compute-dtype head": (True, True),
+VARIANTS = {  # name: (dequantise once, LM head in the compute dtype, head gradient in the forward)
+    "per-micro-batch": (False, False, False),
+    "dequantised once": (True, False, False),
+    "compute-dtype head": (True, True, False),
+    "head gradient in the forward": (True, True, True),
 }
 
 
@@ -122,7 +126,7 @@ def main() -> int:
     parser.add_argument("--completion-tokens", type=int, default=256, help="the longest completion")
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of one update")
+    parser.add_argument("--profile", choices=VARIANTS, help="print torch.profiler's table of this variant's update")
     args = parser.parse_args()
 
     import torch
@@ -147,10 +151,23 @@ def main() -> int:
         sequences = step_sequences(args.sequences, args.prompt_tokens, args.completion_tokens)
     normaliser = Normaliser(len(sequences), sum(len(s.completion_token_ids) for s in sequences), args.completion_tokens)
 
-    def update(dequantize_once: bool, head_in_compute_dtype: bool) -> tuple[float, float]:
+    def update(
+        dequantize_once: bool, head_in_compute_dtype: bool, head_gradient_in_forward: bool
+    ) -> tuple[float, float]:
         """Seconds of one update, and its mean |log π_trainer − log π_sampler| per token."""
         head_dtype = compute_dtype if head_in_compute_dtype else torch.float32
-        run = Run(settings, None, None, [], [], (), LossConfig(), device, lm_head_dtype=head_dtype)
+        run = Run(
+            settings,
+            None,
+            None,
+            [],
+            [],
+            (),
+            LossConfig(),
+            device,
+            lm_head_dtype=head_dtype,
+            head_gradient_in_forward=head_gradient_in_forward,
+        )
         started = time.perf_counter()
         with nf4_dequantized_once(policy, enabled=dequantize_once):
             stats = backward_share(run, policy, sequences, normaliser)
@@ -160,12 +177,12 @@ def main() -> int:
         policy.zero_grad(set_to_none=True)
         return seconds, stats.abs_gap / stats.tokens
 
-    update(False, False)  # untimed: first-call allocations
+    update(*VARIANTS["per-micro-batch"])  # untimed: first-call allocations
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
-            update(False, False)
+            update(*VARIANTS[args.profile])
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
         return 0
     seconds, gaps = {name: [] for name in VARIANTS}, {}

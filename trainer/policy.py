@@ -2,9 +2,11 @@
 from it: per-token log-probabilities of given completions, and the adapter as PEFT bytes.
 
 Log-probabilities are computed only at completion positions and in chunks: the hidden states of
-the scored tokens go through the LM head ``chunk_tokens`` rows at a time in fp32, under activation
-checkpointing, so neither the full ``(B, L, vocab)`` logits nor a full log-softmax ever exist
-(with a large vocabulary they dominate the trainer's memory; docs/performance.md has the figures).
+the scored tokens go through the LM head ``chunk_tokens`` rows at a time, and each chunk's
+gradient with respect to its hidden states is computed in the same pass, so neither the full
+``(B, L, vocab)`` logits nor a full log-softmax ever exist, nor are they recomputed for the
+backward (with a large vocabulary they dominate the trainer's memory; docs/performance.md has the
+figures).
 """
 
 import contextlib
@@ -138,18 +140,90 @@ def dequantize_once_fits(policy: PeftModel, device: torch.device) -> bool:
     return 0 < copy_bytes < free_bytes / 4
 
 
-def _chunk_logprobs_and_entropy(
-    hidden: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor, temperature: float, head_dtype: torch.dtype
+def head_logprobs(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head_weight: torch.Tensor,
+    temperature: float,
+    head_dtype: torch.dtype,
+    chunk_tokens: int,
+    with_gradient: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(N, H) hidden states, (N,) targets → (N,) log π(target) after temperature, (N,) entropy, and
+    where ``with_gradient`` the (N, H) gradient of each log π(target) with respect to its hidden
+    state, d log π(y)/d h = (W[y] − Σ_v π(v) W[v]) / τ, computed here where the softmax already is.
+    The LM head's product in ``head_dtype``, the softmax in fp32, ``chunk_tokens`` rows at a time
+    so that no more than (chunk_tokens, vocab) logits exist at once."""
+    weight = head_weight.to(head_dtype)  # (vocab, H)
+    logprob_chunks, entropy_chunks, gradient_chunks = [], [], []
+    for start in range(0, targets.numel(), chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        logits = (hidden[rows].to(head_dtype) @ weight.T).float().div_(temperature)  # (n, vocab)
+        log_normaliser = torch.logsumexp(logits, dim=-1)  # (n,)
+        log_probabilities = logits.sub_(log_normaliser[:, None])  # in place: the logits are not needed again
+        probabilities = log_probabilities.exp()  # (n, vocab)
+        logprob_chunks.append(log_probabilities.gather(1, targets[rows, None]).squeeze(1))
+        entropy_chunks.append(-torch.linalg.vecdot(probabilities, log_probabilities))
+        if with_gradient:
+            expected_row = (probabilities.to(head_dtype) @ weight).float()  # (n, H): Σ_v π(v) W[v]
+            gradient_chunks.append((weight[targets[rows]].float() - expected_row) / temperature)
+    gradient = torch.cat(gradient_chunks) if with_gradient else None
+    return torch.cat(logprob_chunks), torch.cat(entropy_chunks), gradient
+
+
+class HeadLogprobs(torch.autograd.Function):
+    """``head_logprobs`` with its gradient: the forward keeps the (N, H) gradient it computed, the
+    backward scales it by the incoming (N,) gradient. Autograd through the chunks would keep every
+    chunk's (n, vocab) logits for the backward or, under activation checkpointing, compute the
+    head's product and the softmax again, then once more for the backward; this keeps one (N, H)
+    tensor and computes neither again. The head's weight gets no gradient: it is frozen under LoRA."""
+
+    @staticmethod
+    def forward(ctx, hidden, targets, head_weight, temperature, head_dtype, chunk_tokens):
+        logprobs, entropy, gradient = head_logprobs(
+            hidden, targets, head_weight, temperature, head_dtype, chunk_tokens, with_gradient=True
+        )
+        ctx.save_for_backward(gradient)
+        ctx.hidden_dtype = hidden.dtype
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, logprobs_gradient, entropy_gradient):
+        (gradient,) = ctx.saved_tensors  # (N, H)
+        hidden_gradient = (logprobs_gradient[:, None] * gradient).to(ctx.hidden_dtype)
+        return hidden_gradient, None, None, None, None, None
+
+
+def checkpointed_head_logprobs(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head_weight: torch.Tensor,
+    temperature: float,
+    head_dtype: torch.dtype,
+    chunk_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, H) hidden states, (N,) targets → (N,) log π(target) after temperature, (N,) entropy; the
-    LM head's product in ``head_dtype``, the softmax in fp32."""
-    logits = (hidden.to(head_dtype) @ head_weight.to(head_dtype).T).float() / temperature  # (N, vocab)
-    log_normaliser = torch.logsumexp(logits, dim=-1)  # (N,)
-    logprobs = logits.gather(1, targets[:, None]).squeeze(1) - log_normaliser
-    with torch.no_grad():
-        probabilities = torch.softmax(logits, dim=-1)
-        entropy = log_normaliser - (probabilities * logits).sum(-1)
-    return logprobs, entropy
+    """``head_logprobs``'s log-probabilities and entropies with the gradient left to autograd: each
+    chunk under activation checkpointing (its logits are computed again for the backward)."""
+
+    def chunk_logprobs(hidden_rows: torch.Tensor, target_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = (hidden_rows.to(head_dtype) @ head_weight.to(head_dtype).T).float() / temperature  # (n, vocab)
+        log_normaliser = torch.logsumexp(logits, dim=-1)  # (n,)
+        logprobs = logits.gather(1, target_rows[:, None]).squeeze(1) - log_normaliser
+        with torch.no_grad():
+            entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        return logprobs, entropy
+
+    chunks = [
+        checkpoint(
+            chunk_logprobs,
+            hidden[start : start + chunk_tokens],
+            targets[start : start + chunk_tokens],
+            use_reentrant=False,
+        )
+        for start in range(0, targets.numel(), chunk_tokens)
+    ]
+    return torch.cat([logprobs for logprobs, _ in chunks]), torch.cat([entropy for _, entropy in chunks])
 
 
 def completion_logprobs(
@@ -158,10 +232,13 @@ def completion_logprobs(
     temperature: float,
     chunk_tokens: int = 1024,
     head_dtype: torch.dtype = torch.float32,
+    head_gradient_in_forward: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of ``batch``'s completion tokens: two (B, T) tensors, zero on
     padding: log π(token) after temperature (with gradient) and the entropy of π at that position
-    (without). ``head_dtype``: the LM head's matrix product (``--lm-head-dtype``)."""
+    (without). ``head_dtype``: the LM head's matrix product (``--lm-head-dtype``).
+    ``head_gradient_in_forward=False``: the head's gradient by autograd under activation
+    checkpointing instead of ``HeadLogprobs`` (the same values; the update probe's reference)."""
     causal_lm = policy.get_base_model()
     hidden = causal_lm.base_model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask
@@ -170,26 +247,18 @@ def completion_logprobs(
     predictor_states = hidden[:, :-1][scored]  # (N, H), N = completion tokens in the micro-batch
     targets = batch.input_ids[:, 1:][scored]  # (N,)
     head_weight = causal_lm.get_output_embeddings().weight  # (vocab, H)
-    logprob_chunks, entropy_chunks = [], []
-    for start in range(0, targets.numel(), chunk_tokens):
-        chunk = slice(start, start + chunk_tokens)
-        logprobs, entropy = checkpoint(
-            _chunk_logprobs_and_entropy,
-            predictor_states[chunk],
-            targets[chunk],
-            head_weight,
-            temperature,
-            head_dtype,
-            use_reentrant=False,
-        )
-        logprob_chunks.append(logprobs)
-        entropy_chunks.append(entropy)
-    flat_logprobs = torch.cat(logprob_chunks)  # (N,)
+    head = (predictor_states, targets, head_weight, temperature, head_dtype, chunk_tokens)
+    if not (torch.is_grad_enabled() and predictor_states.requires_grad):
+        flat_logprobs, flat_entropies, _ = head_logprobs(*head, with_gradient=False)
+    elif head_gradient_in_forward:
+        flat_logprobs, flat_entropies = HeadLogprobs.apply(*head)  # (N,), (N,)
+    else:
+        flat_logprobs, flat_entropies = checkpointed_head_logprobs(*head)
     logprobs = torch.zeros(batch.completion_mask.shape, dtype=flat_logprobs.dtype, device=flat_logprobs.device)
     entropies = torch.zeros_like(logprobs)
     # row-major order of both masks lines the N scored tokens up with the (B, T) completion slots
     return logprobs.masked_scatter(batch.completion_mask, flat_logprobs), entropies.masked_scatter(
-        batch.completion_mask, torch.cat(entropy_chunks)
+        batch.completion_mask, flat_entropies
     )
 
 

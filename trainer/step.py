@@ -62,6 +62,7 @@ class Run:
     ranks: Ranks = Ranks()  # the trainer processes of this run (``trainer/distributed.py``)
     dequantize_once: bool = False  # the update computes with a dequantised copy of the nf4 base (``--dequantize-once``)
     lm_head_dtype: torch.dtype = torch.float32  # the LM head's product when scoring (``--lm-head-dtype``)
+    head_gradient_in_forward: bool = True  # False: the head's gradient by autograd (the update probe's reference)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,13 @@ def backward_micro_batch(run: Run, policy, sequences: list[Sequence], normaliser
     """Forward + backward of one micro-batch's share of the loss (gradients accumulate)."""
     settings = run.settings
     batch = collate(sequences, pad_token_id=0, device=run.device)
-    logps, entropies = completion_logprobs(policy, batch, settings.temperature, head_dtype=run.lm_head_dtype)  # (B, T)
+    logps, entropies = completion_logprobs(
+        policy,
+        batch,
+        settings.temperature,
+        head_dtype=run.lm_head_dtype,
+        head_gradient_in_forward=run.head_gradient_in_forward,
+    )  # (B, T)
     mask = batch.completion_mask.float()  # (B, T)
     weights = None  # (B, 1)
     if settings.vllm_importance_sampling_correction:
