@@ -227,6 +227,7 @@ def test_pushed_adapter_is_peft_format_and_passes_the_server_checks(policy, tmp_
         (["--resume"], "--resume needs --output-dir"),
         (["--reward-weights", "1", "2"], "--reward-weights needs 4 values"),
         (["--loss-type", "ppo"], "invalid choice"),
+        (["--lora-target-modules", "q_proj", "lm_head"], "--lora-target-modules cannot name lm_head"),
     ],
 )
 def test_bad_settings_fail_fast_naming_the_flag(flags, message, capsys):

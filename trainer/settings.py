@@ -116,7 +116,14 @@ class TrainSettings:
     lora_r: int = setting(16, "LoRA rank", check=at_least(1))
     lora_alpha: int = setting(32, "LoRA alpha", check=positive())
     lora_dropout: float = setting(0.1, "LoRA dropout", check=Check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
-    lora_target_modules: tuple[str, ...] = setting(("q_proj", "v_proj"), "modules that get LoRA")
+    lora_target_modules: tuple[str, ...] = setting(
+        ("q_proj", "v_proj"),
+        "modules that get LoRA",
+        check=Check(
+            lambda v: not {"lm_head", "embed_tokens"} & set(v),
+            "cannot name lm_head or embed_tokens: log-probabilities are scored through the LM head's frozen weight",
+        ),
+    )
     gradient_checkpointing: Literal["auto", "on", "off"] = setting("auto", "auto = on with CUDA, off on CPU")
     lm_head_dtype: Literal["float32", "compute"] = setting(
         "compute",
