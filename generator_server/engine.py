@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+import jinja2
 from prometheus_client import Counter, Histogram
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -173,7 +174,12 @@ class GeneratorEngine:
         )
 
     def checked_prompt_token_ids(self, request: GenerateRequest) -> list[list[int]]:
-        prompt_ids = [self.prompt_token_ids(prompt) for prompt in request.prompts]
+        prompt_ids = []
+        for index, prompt in enumerate(request.prompts):
+            try:
+                prompt_ids.append(self.prompt_token_ids(prompt))
+            except (ValueError, jinja2.TemplateError) as error:  # a chat template may refuse a conversation
+                raise BadPrompt(f"prompt {index}: the model's chat template refused it: {error}") from error
         for index, ids in enumerate(prompt_ids):
             if not ids:  # vLLM refuses an empty prompt with an exception of its own
                 raise BadPrompt(f"prompt {index} is empty: it has no tokens to continue")

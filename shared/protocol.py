@@ -60,7 +60,7 @@ class ServerLimits(StrictModel):
 
 
 class GenerateRequest(StrictModel):
-    prompts: list[list[ChatMessage] | str] = Field(
+    prompts: list[Annotated[list[ChatMessage], Field(min_length=1)] | str] = Field(
         min_length=1,
         max_length=MAX_PROMPTS,
         description="chat messages (the server applies the model's chat template with the "

@@ -158,6 +158,7 @@ def test_bad_adapters_are_refused_naming_the_problem_and_the_active_one_stays(fu
         (b'{"prompts": ["' + b"word " * 300 + b'"], "max_tokens": 8}', 400, "max-model-len"),
         (b"[]", 422, "object"),
         (b'{"prompts": [[{"role": "user", "content": "hi"}], ""], "max_tokens": 4}', 400, "prompt 1 is empty"),
+        (b'{"prompts": [[], "hi"], "max_tokens": 4}', 422, "at least 1 item"),  # found by the fuzz test
     ],
 )
 def test_bad_generate_requests_are_4xx_naming_the_problem(fuzz_server, content, status, message):
