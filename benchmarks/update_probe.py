@@ -100,6 +100,14 @@ def update_flops(policy, sequences: list, lora_rank: int, lora_targets: tuple[st
     return 4 * base * tokens + 6 * lora * tokens + 4 * head * scored + attention * config.num_hidden_layers
 
 
+def wait_for(device) -> None:
+    """Return once ``device`` has run the work queued on it (CUDA runs it asynchronously)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def matmul_flops_per_second(device, dtype, size: int = 2048, repetitions: int = 5) -> float:
     """The best of ``repetitions`` (size × size) @ (size × size) products in ``dtype``, in FLOP/s."""
     import torch
@@ -108,12 +116,10 @@ def matmul_flops_per_second(device, dtype, size: int = 2048, repetitions: int = 
     torch.matmul(a, b)
     seconds = []
     for _ in range(repetitions):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        wait_for(device)
         started = time.perf_counter()
         torch.matmul(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        wait_for(device)
         seconds.append(time.perf_counter() - started)
     return 2 * size**3 / min(seconds)
 
@@ -171,8 +177,7 @@ def main() -> int:
         started = time.perf_counter()
         with nf4_dequantized_once(policy, enabled=dequantize_once):
             stats = backward_share(run, policy, sequences, normaliser)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        wait_for(device)
         seconds = time.perf_counter() - started
         policy.zero_grad(set_to_none=True)
         return seconds, stats.abs_gap / stats.tokens

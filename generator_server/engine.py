@@ -177,10 +177,9 @@ class GeneratorEngine:
         prompt_ids = []
         for index, prompt in enumerate(request.prompts):
             try:
-                prompt_ids.append(self.prompt_token_ids(prompt))
+                ids = self.prompt_token_ids(prompt)
             except (ValueError, jinja2.TemplateError) as error:  # a chat template may refuse a conversation
                 raise BadPrompt(f"prompt {index}: the model's chat template refused it: {error}") from error
-        for index, ids in enumerate(prompt_ids):
             if not ids:  # vLLM refuses an empty prompt with an exception of its own
                 raise BadPrompt(f"prompt {index} is empty: it has no tokens to continue")
             if len(ids) + request.max_tokens > self.settings.max_model_len:
@@ -188,6 +187,7 @@ class GeneratorEngine:
                     f"prompt {index} has {len(ids)} tokens; with max_tokens {request.max_tokens} that exceeds "
                     f"--max-model-len {self.settings.max_model_len}"
                 )
+            prompt_ids.append(ids)
         return prompt_ids
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
