@@ -406,7 +406,8 @@ def update(context) -> list[Figure]:
     ]
     rate = result["matmul_flops_per_second"] / 1e9
     matmul = f"matmul {rate:.0f} GFLOP/s in the compute dtype, {result['threads']} threads"
-    for name in ("per-micro-batch", "head gradient in the forward"):
-        utilisation = [result["update_flops"] / value / result["matmul_flops_per_second"] for value in seconds[name]]
+    for name in ("per-micro-batch", "head gradient in the forward", "shared prompt forward"):
+        flops = result["update_flops"][name]
+        utilisation = [flops / value / result["matmul_flops_per_second"] for value in seconds[name]]
         figures.append(value_figure(f"update model FLOP/s ÷ matmul FLOP/s: {name}", utilisation, "×", note=matmul))
     return figures

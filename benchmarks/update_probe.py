@@ -16,7 +16,9 @@ Variants, each adding one change to the one before:
 - ``dequantised once``: ``--dequantize-once on``, one dequantised copy for the update
 - ``compute-dtype head``: and ``--lm-head-dtype compute`` (bf16 on CPU)
 - ``head gradient in the forward``: and ``HeadLogprobs``, the head's gradient computed where its
-  softmax is (the trainer's defaults)
+  softmax is
+- ``shared prompt forward``: and ``--shared-prompt-forward``, each group's prompt run once for its
+  completions (the trainer's defaults on CPU)
 
 ``--profile VARIANT`` prints torch.profiler's table of that variant's update instead.
 
@@ -29,26 +31,30 @@ import random
 import sys
 import time
 
-VARIANTS = {  # name: (dequantise once, LM head in the compute dtype, head gradient in the forward)
-    "per-micro-batch": (False, False, False),
-    "dequantised once": (True, False, False),
-    "compute-dtype head": (True, True, False),
-    "head gradient in the forward": (True, True, True),
+VARIANTS = {  # name: (dequantise once, LM head in the compute dtype, head gradient in the forward, shared prompt)
+    "per-micro-batch": (False, False, False, False),
+    "dequantised once": (True, False, False, False),
+    "compute-dtype head": (True, True, False, False),
+    "head gradient in the forward": (True, True, True, False),
+    "shared prompt forward": (True, True, True, True),
 }
 
 
-def step_sequences(count: int, prompt_tokens: int, completion_tokens: int, seed: int = 0) -> list:
-    """``count`` sequences of random tokens: prompts of ``prompt_tokens``, completions between a
-    quarter of ``completion_tokens`` and all of it (a step's spread), advantages ±1."""
+def step_sequences(count: int, prompt_tokens: int, completion_tokens: int, seed: int = 0, group_size: int = 8) -> list:
+    """``count`` sequences of random tokens: groups of ``group_size`` that share a prompt of
+    ``prompt_tokens``, completions between a quarter of ``completion_tokens`` and all of it (a
+    step's spread), advantages ±1."""
     from trainer.batching import Sequence
 
     generator = random.Random(seed)
     sequences = []
     for index in range(count):
         length = generator.randint(max(1, completion_tokens // 4), completion_tokens)
+        if index % group_size == 0:
+            prompt = [generator.randrange(3, 40000) for _ in range(prompt_tokens)]
         sequences.append(
             Sequence(
-                prompt_token_ids=[generator.randrange(3, 40000) for _ in range(prompt_tokens)],
+                prompt_token_ids=prompt,
                 completion_token_ids=[generator.randrange(3, 40000) for _ in range(length)],
                 sampler_logprobs=[-5.0] * length,
                 advantage=1.0 if index % 2 else -1.0,
@@ -81,15 +87,19 @@ def sampled_sequences(server_url: str, count: int, completion_tokens: int, group
     ]
 
 
-def update_flops(policy, sequences: list, lora_rank: int, lora_targets: tuple[str, ...]) -> float:
+def update_flops(policy, sequences: list, lora_rank: int, lora_targets: tuple[str, ...], shared_prompt: bool) -> float:
     """Model FLOPs of one update (no recomputation counted): the frozen linear layers' forward and
     input gradient (4 per weight per token), LoRA's forward, input and weight gradients (6), the LM
     head at completion positions only (4 per weight per scored token), causal attention (6 L² d per
-    layer and sequence)."""
+    layer and sequence). ``shared_prompt``: each distinct prompt's tokens count once (attention
+    still counts every sequence's L², as the completions attend to the whole prompt)."""
+    from trainer.batching import same_prompt
     from trainer.policy import nf4_layers
 
     config = policy.get_base_model().config
     tokens = sum(s.tokens for s in sequences)
+    if shared_prompt:
+        tokens -= sum((len(group) - 1) * len(group[0].prompt_token_ids) for group in same_prompt(sequences))
     scored = sum(len(s.completion_token_ids) for s in sequences)
     layers = nf4_layers(policy)
     base = sum(layer.in_features * layer.out_features for _, layer in layers)
@@ -158,7 +168,7 @@ def main() -> int:
     normaliser = Normaliser(len(sequences), sum(len(s.completion_token_ids) for s in sequences), args.completion_tokens)
 
     def update(
-        dequantize_once: bool, head_in_compute_dtype: bool, head_gradient_in_forward: bool
+        dequantize_once: bool, head_in_compute_dtype: bool, head_gradient_in_forward: bool, shared_prompt: bool
     ) -> tuple[float, float]:
         """Seconds of one update, and its mean |log π_trainer − log π_sampler| per token."""
         head_dtype = compute_dtype if head_in_compute_dtype else torch.float32
@@ -173,6 +183,7 @@ def main() -> int:
             device,
             lm_head_dtype=head_dtype,
             head_gradient_in_forward=head_gradient_in_forward,
+            shared_prompt=shared_prompt,
         )
         started = time.perf_counter()
         with nf4_dequantized_once(policy, enabled=dequantize_once):
@@ -200,7 +211,10 @@ def main() -> int:
     result = {
         "seconds": seconds,
         "sampler_gap": gaps if args.server_url else None,
-        "update_flops": update_flops(policy, sequences, settings.lora_r, settings.lora_target_modules),
+        "update_flops": {  # by variant
+            name: update_flops(policy, sequences, settings.lora_r, settings.lora_target_modules, variant[3])
+            for name, variant in VARIANTS.items()
+        },
         "matmul_flops_per_second": matmul_flops_per_second(device, compute_dtype),
         "padding_share": (padded - real) / padded,
         "tokens": real,

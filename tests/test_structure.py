@@ -72,6 +72,7 @@ FLAGS = {
     "--gradient-checkpointing": "activation checkpointing",
     "--dequantize-once": "the nf4 base dequantised once per update",
     "--lm-head-dtype": "the dtype of the LM head's product when scoring",
+    "--shared-prompt-forward": "a group's prompt through the policy once",
     "--save-every": "steps between checkpoints",
     "--keep-checkpoints": "checkpoints kept",
     "--resume": "continue from the newest checkpoint",

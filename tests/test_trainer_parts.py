@@ -14,7 +14,9 @@ from safetensors.torch import load as load_safetensors
 from generator_server.adapters import check_adapter, linear_layer_shapes
 from shared.models import embedded_model_dir
 from shared.settings import parse_settings
-from trainer.batching import Sequence, collate, micro_batches, question_indices
+from trainer.batching import Sequence, collate, micro_batches, question_indices, same_prompt
+from trainer.distributed import Ranks
+from trainer.grpo import LossConfig, Normaliser
 from trainer.policy import (
     HeadLogprobs,
     adapter_upload,
@@ -23,9 +25,10 @@ from trainer.policy import (
     load_policy,
     nf4_dequantized_once,
     nf4_layers,
+    prompt_prefix,
 )
 from trainer.settings import TrainSettings
-from trainer.step import measure_micro_batch
+from trainer.step import backward_micro_batch, backward_share, measure_micro_batch
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +184,90 @@ def test_the_lm_head_in_bf16_stays_near_float32(policy):
     policy.zero_grad(set_to_none=True)
 
 
+@pytest.fixture(scope="module")
+def float32_policy():
+    """The embedded model in float32, unquantised, with a LoRA adapter whose B is not zero: the
+    shared prompt's values are exact here (bf16 kernels differ by query length, nf4 or not)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)
+    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    policy = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.02)
+    return policy
+
+
+def two_groups() -> list[Sequence]:
+    """Two questions' groups (3 and 2 completions) of random tokens, advantages of both signs."""
+    generator = torch.Generator().manual_seed(1)
+    sequences = []
+    for prompt_tokens, completion_lengths in ((40, (7, 12, 3)), (25, (9, 4))):
+        prompt = torch.randint(3, 40000, (prompt_tokens,), generator=generator).tolist()
+        for index, length in enumerate(completion_lengths):
+            completion = torch.randint(3, 40000, (length,), generator=generator).tolist()
+            sequences.append(Sequence(prompt, completion, [-5.0] * length, 1.0 if index % 2 else -0.5))
+    return sequences
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_a_prompt_run_once_for_its_group_gives_the_loss_and_gradients_of_whole_sequences(float32_policy, beta):
+    """``--shared-prompt-forward``: each group's prompt runs once and its completions read its keys
+    and values; the loss, the gap to the sampler and every LoRA gradient are those of running each
+    sequence whole. Leaving out the prompt's own backward (``PromptPrefix.backward``) would be 0.9
+    off, so the tolerance catches a lost path."""
+    sequences = two_groups()
+    settings = TrainSettings(lora_dropout=0.0, micro_batch_size=2, beta=beta)
+    normaliser = Normaliser(len(sequences), sum(len(s.completion_token_ids) for s in sequences), 16)
+
+    def update(shared_prompt: bool, prompt_backward: bool = True):
+        run = SimpleNamespace(
+            settings=settings,
+            ranks=Ranks(),
+            device=torch.device("cpu"),
+            lm_head_dtype=torch.float32,
+            head_gradient_in_forward=True,
+            shared_prompt=shared_prompt,
+            loss_config=LossConfig(beta=beta),
+        )
+        if prompt_backward:
+            stats = backward_share(run, float32_policy, sequences, normaliser)
+        else:
+            for group in same_prompt(sequences):
+                prefix = prompt_prefix(float32_policy, group[0].prompt_token_ids, run.device)
+                for chunk in micro_batches(group, settings.micro_batch_size):
+                    backward_micro_batch(run, float32_policy, chunk, normaliser, prefix)
+            stats = None
+        gradient = torch.cat([p.grad.flatten() for p in float32_policy.parameters() if p.requires_grad])
+        float32_policy.zero_grad(set_to_none=True)
+        return stats, gradient
+
+    whole, whole_gradient = update(shared_prompt=False)
+    shared, shared_gradient = update(shared_prompt=True)
+    _, without_prompt_backward = update(shared_prompt=True, prompt_backward=False)
+
+    def error(gradient: torch.Tensor) -> float:
+        return ((gradient - whole_gradient).norm() / whole_gradient.norm()).item()
+
+    assert shared.tokens == whole.tokens == 35 and shared.sequences == whole.sequences == 5
+    assert shared.loss == pytest.approx(whole.loss, rel=1e-5, abs=1e-7)
+    assert shared.abs_gap == pytest.approx(whole.abs_gap, rel=1e-6)
+    assert error(shared_gradient) < 1e-4 and error(without_prompt_backward) > 0.5
+
+
+def test_a_shared_prompt_leaves_its_tokens_out_of_the_rows():
+    sequences = [Sequence([5, 6, 7], [9, 10], [-1.0] * 2, 1.0), Sequence([5, 6, 7], [11], [-1.0], -1.0)]
+    batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"), skipped_prompt_tokens=2)
+    assert batch.input_ids.tolist() == [[7, 9, 10], [7, 11, 0]]
+    assert batch.completion_positions.tolist() == [[False, True, True], [False, True, False]]
+    with pytest.raises(ValueError, match="share"):
+        collate([sequences[0], Sequence([5, 8, 7], [9], [-1.0], 1.0)], 0, torch.device("cpu"), skipped_prompt_tokens=2)
+
+
 def test_micro_batches_group_similar_lengths():
     sequences = [Sequence([1] * p, [2] * c, [0.0] * c, 1.0) for p, c in [(10, 90), (10, 5), (10, 50), (10, 7)]]
     batches = micro_batches(sequences, size=2)
@@ -228,6 +315,10 @@ def test_pushed_adapter_is_peft_format_and_passes_the_server_checks(policy, tmp_
         (["--reward-weights", "1", "2"], "--reward-weights needs 4 values"),
         (["--loss-type", "ppo"], "invalid choice"),
         (["--lora-target-modules", "q_proj", "lm_head"], "--lora-target-modules cannot name lm_head"),
+        (
+            ["--shared-prompt-forward", "on", "--gradient-checkpointing", "on"],
+            "--shared-prompt-forward cannot be on with --gradient-checkpointing on",
+        ),
     ],
 )
 def test_bad_settings_fail_fast_naming_the_flag(flags, message, capsys):

@@ -1,6 +1,6 @@
 """What a step trains on: which questions (a seeded order, reshuffled every epoch), one ``Sequence``
-per sampled completion, micro-batches of similar length, and the right-padded tensors of one
-micro-batch (``MicroBatch``). Pure Python and torch."""
+per sampled completion, the sequences that share a prompt, micro-batches of similar length, and the
+right-padded tensors of one micro-batch (``MicroBatch``). Pure Python and torch."""
 
 import functools
 import random
@@ -58,16 +58,36 @@ class MicroBatch:
         return MicroBatch(**{field.name: getattr(self, field.name).to(device) for field in fields(self)})
 
 
+def same_prompt(sequences: list[Sequence]) -> list[list[Sequence]]:
+    """``sequences`` grouped by prompt, in the order each prompt first appears (a GRPO group's
+    completions share one).
+
+    >>> [[s.advantage for s in group] for group in same_prompt([
+    ...     Sequence([1, 2], [3], [-1.0], 0.5), Sequence([4], [3], [-1.0], 1.0), Sequence([1, 2], [5], [-1.0], -0.5)])]
+    [[0.5, -0.5], [1.0]]
+    """
+    groups: dict[tuple[int, ...], list[Sequence]] = {}
+    for sequence in sequences:
+        groups.setdefault(tuple(sequence.prompt_token_ids), []).append(sequence)
+    return list(groups.values())
+
+
 def micro_batches(sequences: list[Sequence], size: int) -> list[list[Sequence]]:
     """Sequences sorted by length, then cut into micro-batches: little padding in each."""
     ordered = sorted(sequences, key=lambda s: s.tokens)
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
-def collate(sequences: list[Sequence], pad_token_id: int, device: torch.device) -> MicroBatch:
-    """The right-padded tensors of one micro-batch, on ``device``."""
+def collate(
+    sequences: list[Sequence], pad_token_id: int, device: torch.device, skipped_prompt_tokens: int = 0
+) -> MicroBatch:
+    """The right-padded tensors of one micro-batch, on ``device``. ``skipped_prompt_tokens``: the
+    leading prompt tokens each row leaves out because the model has them already, as the keys and
+    values of a prompt the sequences share (``trainer.policy.PromptPrefix``)."""
+    if skipped_prompt_tokens and len({tuple(s.prompt_token_ids[:skipped_prompt_tokens]) for s in sequences}) > 1:
+        raise ValueError("rows that skip prompt tokens must share them")
     count = len(sequences)
-    longest = max(s.tokens for s in sequences)
+    longest = max(s.tokens for s in sequences) - skipped_prompt_tokens
     longest_completion = max(len(s.completion_token_ids) for s in sequences)
     input_ids = torch.full((count, longest), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros(count, longest, dtype=torch.long)
@@ -75,8 +95,9 @@ def collate(sequences: list[Sequence], pad_token_id: int, device: torch.device) 
     completion_mask = torch.zeros(count, longest_completion, dtype=torch.bool)
     sampler_logprobs = torch.zeros(count, longest_completion)
     for row, sequence in enumerate(sequences):
-        prompt, completion = len(sequence.prompt_token_ids), len(sequence.completion_token_ids)
-        input_ids[row, : prompt + completion] = torch.tensor(sequence.prompt_token_ids + sequence.completion_token_ids)
+        prompt_token_ids = sequence.prompt_token_ids[skipped_prompt_tokens:]
+        prompt, completion = len(prompt_token_ids), len(sequence.completion_token_ids)
+        input_ids[row, : prompt + completion] = torch.tensor(prompt_token_ids + sequence.completion_token_ids)
         attention_mask[row, : prompt + completion] = 1
         completion_positions[row, prompt : prompt + completion] = True
         completion_mask[row, :completion] = True

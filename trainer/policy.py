@@ -7,12 +7,22 @@ gradient with respect to its hidden states is computed in the same pass, so neit
 ``(B, L, vocab)`` logits nor a full log-softmax ever exist, nor are they recomputed for the
 backward (with a large vocabulary they dominate the trainer's memory; docs/performance.md has the
 figures).
+
+The G completions of a group share their prompt, so the prompt can run through the model once
+(``PromptPrefix``): each completion's forward reads the prompt's keys and values as a cache, the
+gradients its loss sends back to them are summed over the group, and one backward through the
+prompt's forward passes that sum on to LoRA. The values are those of running every sequence whole
+(``tests/test_trainer_parts.py``), with one LoRA-dropout draw for the prompt per group instead of
+one per sequence. The idea is Prefix Grouper's (Liu et al., 2025, arXiv:2506.05433; verl's
+``use_prefix_grouper``), which splits the attention itself; here the split is transformers' own
+cache, and the model's code is unchanged.
 """
 
 import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -226,6 +236,49 @@ def checkpointed_head_logprobs(
     return torch.cat([logprobs for logprobs, _ in chunks]), torch.cat([entropy for _, entropy in chunks])
 
 
+@dataclass(frozen=True)
+class PromptPrefix:
+    """A prompt's keys and values in every layer, computed once for the completions that share it:
+    all of the prompt but its last token, which stays in every completion's row (the first
+    completion token is predicted from it). ``computed``: the tensors with their graph back to
+    LoRA; ``read``: the same values as leaves, which the completions' forwards read and whose
+    gradients sum theirs (where ``computed`` has no graph, the same tensor). Needs gradient checkpointing off:
+    transformers' checkpointed layers drop the cache."""
+
+    computed: tuple[torch.Tensor, ...]  # keys and values of layer 0, 1, …: each (1, kv_heads, P − 1, head_dim)
+    read: tuple[torch.Tensor, ...]
+
+    @property
+    def tokens(self) -> int:
+        return self.computed[0].shape[-2]
+
+    def cache(self, rows: int, config):
+        """A transformers cache that holds the prefix for ``rows`` completions (a view, no copy)."""
+        from transformers import DynamicCache
+
+        expanded = [tensor.expand(rows, -1, -1, -1) for tensor in self.read]
+        return DynamicCache(ddp_cache_data=list(zip(expanded[0::2], expanded[1::2], strict=True)), config=config)
+
+    def backward(self) -> None:
+        """Send the summed gradients of ``read`` through the prompt's forward (once per group)."""
+        pairs = [(computed, read.grad) for computed, read in zip(self.computed, self.read) if read.grad is not None]
+        if pairs:
+            torch.autograd.backward([computed for computed, _ in pairs], [gradient for _, gradient in pairs])
+
+
+def prompt_prefix(policy: PeftModel, prompt_token_ids: list[int], device: torch.device) -> PromptPrefix | None:
+    """The prompt's ``PromptPrefix`` from one forward of all its tokens but the last; None for a
+    one-token prompt (nothing to share)."""
+    if len(prompt_token_ids) < 2:
+        return None
+    causal_lm = policy.get_base_model()
+    ids = torch.tensor([prompt_token_ids[:-1]], device=device)  # (1, P − 1)
+    cache = causal_lm.base_model(input_ids=ids, use_cache=True).past_key_values
+    computed = tuple(tensor for layer in cache.layers for tensor in (layer.keys, layer.values))
+    # keys of layer 0 (no LoRA on k_proj) and everything without gradients have no graph to pass on to
+    return PromptPrefix(computed, tuple(t.detach().requires_grad_() if t.requires_grad else t for t in computed))
+
+
 def completion_logprobs(
     policy: PeftModel,
     batch: MicroBatch,
@@ -233,15 +286,23 @@ def completion_logprobs(
     chunk_tokens: int = 1024,
     head_dtype: torch.dtype = torch.float32,
     head_gradient_in_forward: bool = True,
+    prefix: PromptPrefix | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of ``batch``'s completion tokens: two (B, T) tensors, zero on
     padding: log π(token) after temperature (with gradient) and the entropy of π at that position
     (without). ``head_dtype``: the LM head's matrix product (``--lm-head-dtype``).
     ``head_gradient_in_forward=False``: the head's gradient by autograd under activation
-    checkpointing instead of ``HeadLogprobs`` (the same values; the update probe's reference)."""
+    checkpointing instead of ``HeadLogprobs`` (the same values; the update probe's reference).
+    ``prefix``: the rows' shared prompt, whose tokens ``batch`` leaves out (``collate``'s
+    ``skipped_prompt_tokens``)."""
     causal_lm = policy.get_base_model()
+    attention_mask, cache = batch.attention_mask, None  # (B, L)
+    if prefix is not None:
+        rows = batch.input_ids.shape[0]
+        cache = prefix.cache(rows, causal_lm.config)
+        attention_mask = torch.cat([attention_mask.new_ones(rows, prefix.tokens), attention_mask], dim=1)
     hidden = causal_lm.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        input_ids=batch.input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=cache is not None
     ).last_hidden_state  # (B, L, H)
     scored = batch.completion_positions[:, 1:]  # token t is predicted from the hidden state at t − 1
     predictor_states = hidden[:, :-1][scored]  # (N, H), N = completion tokens in the micro-batch

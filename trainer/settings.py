@@ -124,7 +124,9 @@ class TrainSettings:
             "cannot name lm_head or embed_tokens: log-probabilities are scored through the LM head's frozen weight",
         ),
     )
-    gradient_checkpointing: Literal["auto", "on", "off"] = setting("auto", "auto = on with CUDA, off on CPU")
+    gradient_checkpointing: Literal["auto", "on", "off"] = setting(
+        "auto", "auto = on with CUDA (unless --shared-prompt-forward on), off on CPU"
+    )
     lm_head_dtype: Literal["float32", "compute"] = setting(
         "compute",
         "the LM head's matrix product when scoring completions: float32, or the compute dtype (bf16 on CPU, "
@@ -134,6 +136,12 @@ class TrainSettings:
         "auto",
         "dequantise the nf4 base once per step for the update, not in every micro-batch's forward and "
         "backward; auto = on where the copy (2 bytes a base parameter) takes under a quarter of the free memory",
+    )
+    shared_prompt_forward: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "run each question's prompt through the policy once for its G completions, which read its keys "
+        "and values (their gradients reach LoRA through them); auto = on where gradient checkpointing is "
+        "off (transformers' checkpointed layers drop the cache)",
     )
     seed: int = setting(42, "data order, dropout and LoRA init")
     output_dir: str | None = setting(None, "run folder; none = runs/<model>-<time>")
@@ -157,6 +165,11 @@ class TrainSettings:
         )
         require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
         require(not self.resume or self.output_dir is not None, "resume", "needs --output-dir (the run to continue)")
+        require(
+            not (self.shared_prompt_forward == "on" and self.gradient_checkpointing == "on"),
+            "shared_prompt_forward",
+            "cannot be on with --gradient-checkpointing on: transformers' checkpointed layers drop the prompt's cache",
+        )
         require(
             self.ca_bundle is None or Path(self.ca_bundle).is_file(), "ca_bundle", f"{self.ca_bundle}: no such file"
         )

@@ -7,7 +7,8 @@
   4. loss        the clipped policy loss of TRL 1.16 (``dapo`` by default) on the 4-bit LoRA policy,
                  over micro-batches of similar length, each sequence weighted by π_trainer/π_sampler
                  (TRL's ``sequence_mask``: the server runs another precision than the nf4 trainer);
-                 with ``--dequantize-once`` on a copy of the base dequantised once for the update
+                 with ``--dequantize-once`` on a copy of the base dequantised once for the update;
+                 with ``--shared-prompt-forward`` each question's prompt runs once for its group
   5. optimizer   gradient-norm clip, AdamW, the learning-rate schedule
   6. push        the adapter's PEFT bytes to the server as the next version (``AdapterSync``)
   7. log         the step's metrics row (``trainer/metrics.py``), returned to the loop
@@ -34,13 +35,13 @@ from shared.gsm8k import MathProblem
 from shared.protocol import GenerateRequest, GenerateResponse
 from shared.rewards import RewardScores, WeightedReward, score_completions
 from trainer.adapter_sync import AdapterSync
-from trainer.batching import Sequence, collate, micro_batches, question_indices
+from trainer.batching import Sequence, collate, micro_batches, question_indices, same_prompt
 from trainer.distributed import Ranks
 from trainer.evaluation import strictly_correct
 from trainer.generators import Generator, GeneratorError
 from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
 from trainer.metrics import LossStats, metrics_row, skipped_row
-from trainer.policy import completion_logprobs, nf4_dequantized_once
+from trainer.policy import PromptPrefix, completion_logprobs, nf4_dequantized_once, prompt_prefix
 from trainer.producer import Batches
 from trainer.settings import TrainSettings
 
@@ -63,6 +64,7 @@ class Run:
     dequantize_once: bool = False  # the update computes with a dequantised copy of the nf4 base (``--dequantize-once``)
     lm_head_dtype: torch.dtype = torch.float32  # the LM head's product when scoring (``--lm-head-dtype``)
     head_gradient_in_forward: bool = True  # False: the head's gradient by autograd (the update probe's reference)
+    shared_prompt: bool = False  # a group's prompt runs once, its keys and values shared (``--shared-prompt-forward``)
 
 
 @dataclass(frozen=True)
@@ -141,16 +143,21 @@ def sequences_of(reply: GenerateResponse, advantages: torch.Tensor) -> list[Sequ
     ]
 
 
-def backward_micro_batch(run: Run, policy, sequences: list[Sequence], normaliser: Normaliser) -> LossStats:
-    """Forward + backward of one micro-batch's share of the loss (gradients accumulate)."""
+def backward_micro_batch(
+    run: Run, policy, sequences: list[Sequence], normaliser: Normaliser, prefix: PromptPrefix | None = None
+) -> LossStats:
+    """Forward + backward of one micro-batch's share of the loss (gradients accumulate; with a
+    ``prefix``, the prompt's share waits in ``prefix.read`` for ``prefix.backward()``)."""
     settings = run.settings
-    batch = collate(sequences, pad_token_id=0, device=run.device)
+    skipped = prefix.tokens if prefix is not None else 0
+    batch = collate(sequences, pad_token_id=0, device=run.device, skipped_prompt_tokens=skipped)
     logps, entropies = completion_logprobs(
         policy,
         batch,
         settings.temperature,
         head_dtype=run.lm_head_dtype,
         head_gradient_in_forward=run.head_gradient_in_forward,
+        prefix=prefix,
     )  # (B, T)
     mask = batch.completion_mask.float()  # (B, T)
     weights = None  # (B, 1)
@@ -161,7 +168,10 @@ def backward_micro_batch(run: Run, policy, sequences: list[Sequence], normaliser
     reference_logps = None
     if settings.beta != 0.0:
         with torch.no_grad(), policy.disable_adapter():  # the reference: the base model
-            reference_logps, _ = completion_logprobs(policy, batch, settings.temperature, head_dtype=run.lm_head_dtype)
+            reference_prefix = prompt_prefix(policy, sequences[0].prompt_token_ids, run.device) if skipped else None
+            reference_logps, _ = completion_logprobs(
+                policy, batch, settings.temperature, head_dtype=run.lm_head_dtype, prefix=reference_prefix
+            )
     loss = policy_loss(logps, batch.advantages, mask, normaliser, run.loss_config, weights, reference_logps)
     loss.backward()
     return LossStats(
@@ -194,11 +204,17 @@ def measured(logps: torch.Tensor, entropies: torch.Tensor, sampler_logprobs: tor
 
 
 def backward_share(run: Run, policy, trained: list[Sequence], normaliser: Normaliser) -> LossStats:
-    """Forward + backward of this rank's share of ``trained``, in micro-batches of similar length;
-    then the gradients and the stats summed over every rank (one process: its own)."""
+    """Forward + backward of this rank's share of ``trained``, in micro-batches of similar length
+    (with ``run.shared_prompt``: each prompt once, then its completions' micro-batches); then the
+    gradients and the stats summed over every rank (one process: its own)."""
     stats = LossStats()
-    for chunk in micro_batches(run.ranks.share(trained), run.settings.micro_batch_size):
-        stats += backward_micro_batch(run, policy, chunk, normaliser)
+    share = run.ranks.share(trained)
+    for group in same_prompt(share) if run.shared_prompt else [share]:
+        prefix = prompt_prefix(policy, group[0].prompt_token_ids, run.device) if run.shared_prompt else None
+        for chunk in micro_batches(group, run.settings.micro_batch_size):
+            stats += backward_micro_batch(run, policy, chunk, normaliser, prefix)
+        if prefix is not None:
+            prefix.backward()
     run.ranks.sum_gradients([p for p in policy.parameters() if p.requires_grad])
     return run.ranks.sum_stats(stats)
 

@@ -130,6 +130,8 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
         dequantize_once=settings.dequantize_once == "on"
         or (settings.dequantize_once == "auto" and dequantize_once_fits(learner.policy, device)),
         lm_head_dtype=torch.float32 if settings.lm_head_dtype == "float32" else compute_dtype_for(device),
+        shared_prompt=settings.shared_prompt_forward == "on"
+        or (settings.shared_prompt_forward == "auto" and not gradient_checkpointing(settings, device)),
     )
     steps = range(completed_step + 1, settings.max_steps + 1)
     if not ranks.main:  # rank 0 samples, pushes, evaluates and logs; the others train their share
@@ -173,6 +175,14 @@ def connect(settings: TrainSettings) -> Generator:
     return generator
 
 
+def gradient_checkpointing(settings: TrainSettings, device: torch.device) -> bool:
+    """``--gradient-checkpointing``: auto = on with CUDA unless ``--shared-prompt-forward on``
+    (checkpointed layers drop the prompt's cache), off on CPU."""
+    if settings.gradient_checkpointing == "auto":
+        return device.type == "cuda" and settings.shared_prompt_forward != "on"
+    return settings.gradient_checkpointing == "on"
+
+
 def load_learner(
     settings: TrainSettings, model_path: str, device: torch.device, checkpoints: list[Path]
 ) -> tuple[Learner, int]:
@@ -180,14 +190,11 @@ def load_learner(
     and the step they completed (0 for a new run)."""
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-    gradient_checkpointing = settings.gradient_checkpointing == "on" or (
-        settings.gradient_checkpointing == "auto" and device.type == "cuda"
-    )
     policy = load_policy(
         model_path,
         settings,
         init_adapter=settings.init_adapter,
-        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing=gradient_checkpointing(settings, device),
         device=device,
     )
     optimizer = torch.optim.AdamW(
