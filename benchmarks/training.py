@@ -106,6 +106,8 @@ def ours(context, url: str, length: int, adapter: str | None) -> dict:
         },
         "push_bytes": rows[-1][names.PUSH_BYTES],
         "completion_length_mean": statistics.mean(row[names.COMPLETION_LENGTH_MEAN] for row in rows),
+        # a group whose completions all score alike is not run through the update: its seconds follow this
+        "sequences_trained": [row[names.SEQUENCES_TRAINED] for row in rows],
     }
 
 

@@ -259,6 +259,16 @@ def test_a_prompt_run_once_for_its_group_gives_the_loss_and_gradients_of_whole_s
     assert error(shared_gradient) < 1e-4 and error(without_prompt_backward) > 0.5
 
 
+def test_gradient_checkpointing_is_on_with_cuda_unless_the_prompt_is_shared():
+    """Transformers' checkpointed layers drop a cache, so the two do not run together."""
+    from trainer.train import gradient_checkpointing
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not gradient_checkpointing(TrainSettings(), cpu) and gradient_checkpointing(TrainSettings(), cuda)
+    assert not gradient_checkpointing(TrainSettings(shared_prompt_forward="on"), cuda)
+    assert gradient_checkpointing(TrainSettings(gradient_checkpointing="on"), cpu)
+
+
 def test_a_shared_prompt_leaves_its_tokens_out_of_the_rows():
     sequences = [Sequence([5, 6, 7], [9, 10], [-1.0] * 2, 1.0), Sequence([5, 6, 7], [11], [-1.0], -1.0)]
     batch = collate(sequences, pad_token_id=0, device=torch.device("cpu"), skipped_prompt_tokens=2)

@@ -242,8 +242,8 @@ class PromptPrefix:
     all of the prompt but its last token, which stays in every completion's row (the first
     completion token is predicted from it). ``computed``: the tensors with their graph back to
     LoRA; ``read``: the same values as leaves, which the completions' forwards read and whose
-    gradients sum theirs (where ``computed`` has no graph, the same tensor). Needs gradient checkpointing off:
-    transformers' checkpointed layers drop the cache."""
+    gradients sum theirs (where ``computed`` has no graph, the same tensor). Needs gradient
+    checkpointing off: transformers' checkpointed layers drop the cache."""
 
     computed: tuple[torch.Tensor, ...]  # keys and values of layer 0, 1, …: each (1, kv_heads, P − 1, head_dim)
     read: tuple[torch.Tensor, ...]
@@ -253,7 +253,7 @@ class PromptPrefix:
         return self.computed[0].shape[-2]
 
     def cache(self, rows: int, config):
-        """A transformers cache that holds the prefix for ``rows`` completions (a view, no copy)."""
+        """A transformers cache that holds the prefix for each of ``rows`` completions."""
         from transformers import DynamicCache
 
         expanded = [tensor.expand(rows, -1, -1, -1) for tensor in self.read]
