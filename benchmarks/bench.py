@@ -10,8 +10,9 @@ Scenarios (``--scenario NAME ...`` or ``--all``; ``--quick`` sizes them for CI):
   adapter-sync      bytes pushed per step ÷ a full-weight sync (≤ 1/100); push + load ÷ step (≤ 2 %)
   trainer-memory    peak memory of the 4-bit LoRA trainer ÷ a bf16 base (≤ 0.45)
   update            the update on one server-sampled batch: dequantised once, then also the LM head
-                    in bf16, then also its gradient in its forward, ÷ the update before them (≤ 0.6);
-                    each one's sampler–trainer gap; model FLOP/s ÷ this machine's matmul FLOP/s
+                    in bf16, then also its gradient in its forward, then also each group's prompt run
+                    once, ÷ the update before them (≤ 0.6); each one's sampler–trainer gap; model
+                    FLOP/s ÷ this machine's matmul FLOP/s
   decode-roofline   single-sequence decode tok/s ÷ the memory-bandwidth bound (≥ 0.5)
   scaling           tok/s as n and the prompts per request grow
   lora-overhead     tok/s through an adapter ÷ the base model, lora vs merge mode (merge ≥ 0.95)

@@ -168,7 +168,9 @@ def backward_micro_batch(
     reference_logps = None
     if settings.beta != 0.0:
         with torch.no_grad(), policy.disable_adapter():  # the reference: the base model
-            reference_prefix = prompt_prefix(policy, sequences[0].prompt_token_ids, run.device) if skipped else None
+            reference_prefix = (
+                None if prefix is None else prompt_prefix(policy, sequences[0].prompt_token_ids, run.device)
+            )
             reference_logps, _ = completion_logprobs(
                 policy, batch, settings.temperature, head_dtype=run.lm_head_dtype, prefix=reference_prefix
             )

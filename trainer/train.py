@@ -130,8 +130,8 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
         dequantize_once=settings.dequantize_once == "on"
         or (settings.dequantize_once == "auto" and dequantize_once_fits(learner.policy, device)),
         lm_head_dtype=torch.float32 if settings.lm_head_dtype == "float32" else compute_dtype_for(device),
-        shared_prompt=settings.shared_prompt_forward == "on"
-        or (settings.shared_prompt_forward == "auto" and not gradient_checkpointing(settings, device)),
+        # "on" turns checkpointing off under auto, and the settings refuse it with checkpointing "on"
+        shared_prompt=settings.shared_prompt_forward != "off" and not gradient_checkpointing(settings, device),
     )
     steps = range(completed_step + 1, settings.max_steps + 1)
     if not ranks.main:  # rank 0 samples, pushes, evaluates and logs; the others train their share
