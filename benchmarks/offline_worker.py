@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from generator_server.__main__ import bind_cpu_threads
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,9 +23,7 @@ def main() -> int:
     parser.add_argument("--kv-cache-bytes", type=int, default=2**30)
     parser.add_argument("--max-model-len", type=int, default=4096)
     args = parser.parse_args()
-    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)  # as grpo-math serve binds them
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    bind_cpu_threads("all")  # as grpo-math serve does; here the engine core runs in this process too
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     from vllm import LLM, SamplingParams
 

@@ -87,6 +87,10 @@ def test_bad_config_values_name_the_setting(tmp_path, capsys, config, message):
 def test_settings_built_in_code_are_checked_like_flags():
     with pytest.raises(SettingsError, match="--max-num-generations must be between 1 and 64"):
         ServerSettings(max_num_generations=0)
+    with pytest.raises(SettingsError, match="--cpu-threads 'two': give 'all' or core numbers like 0-3 or 0,2"):
+        ServerSettings(cpu_threads="two")
+    with pytest.raises(SettingsError, match="--cpu-threads 0-4096: this process may use only cores"):
+        ServerSettings(cpu_threads="0-4096")
     with pytest.raises(SettingsError, match="--num-generations k > 1 needs --temperature > 0"):
         EvalSettings(base=True, num_generations=4)
     with pytest.raises(SettingsError, match="--base or --adapter DIR"):
