@@ -187,7 +187,8 @@ def backward_micro_batch(
 
 def measure_micro_batch(run: Run, policy, sequences: list[Sequence]) -> LossStats:
     """The entropy and sampler–trainer gap of ``sequences``, no loss: a step where every group
-    scored alike trains nothing, yet ``--max-sampler-gap`` still checks it on one group."""
+    scored alike trains nothing, yet ``--max-sampler-gap`` still checks it, on one micro-batch:
+    a whole group at 1,024 tokens costs a large share of such a step (see the performance page)."""
     batch = collate(sequences, pad_token_id=0, device=run.device)
     with torch.no_grad():
         logps, entropies = completion_logprobs(policy, batch, run.settings.temperature, head_dtype=run.lm_head_dtype)
@@ -268,7 +269,7 @@ def train_step(step: int, run: Run, learner: Learner, batches: Batches, sync: Ad
     with timed(timings, "train"), nf4_dequantized_once(learner.policy, enabled=run.dequantize_once):
         stats = backward_share(run, learner.policy, trained, normaliser)
         if not trained and run.ranks.main:  # nothing to learn from; the gap to the sampler is still measured
-            stats = measure_micro_batch(run, learner.policy, sequences[: settings.num_generations])
+            stats = measure_micro_batch(run, learner.policy, sequences[: settings.micro_batch_size])
 
     with timed(timings, "optimizer"):
         update = optimizer_step(learner, settings.max_grad_norm, stats.loss)
