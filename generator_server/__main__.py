@@ -27,8 +27,7 @@ def bind_cpu_threads(cpu_threads: str) -> None:
     - It runs the model in a worker process of its own. The engine core waits for that worker's
       results on a shared-memory queue by polling it with ``sched_yield`` for a second after
       every read, so during sampling it keeps a core busy beside the model's OpenMP threads
-      (a whole core's worth of py-spy samples in ``SpinCondition.wait``). Sampling takes ≈ 0.87×
-      the time without it: see the performance page.
+      (measured on the performance page, "The server on CPU").
 
     With ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the CPU platform runs the model inside the engine
     core's process instead (``AsyncLLM`` still gives the engine core a process of its own). vLLM's

@@ -193,7 +193,8 @@ class BaseModelProxy:
 def test_a_server_that_serves_the_base_model_for_a_pushed_adapter_stops_the_run(tmp_path):
     """The sampler–trainer gap gives it away: above --max-sampler-gap the trainer pushes the adapter
     again once, and when the gap stays, it stops with an error naming the server and the version.
-    (The base model's answers all score alike here: the gap is measured on a group that trains nothing.)"""
+    (The base model's answers all score alike here: the gap is measured on one micro-batch of a
+    step that trains nothing.)"""
     adapter = save_random_adapter(tmp_path / "adapter", seed=5, scale=0.05)
     with LocalServer(SERVER_FLAGS, tmp_path / "server.log") as server, BaseModelProxy(server.url) as proxy:
         trainer = start_trainer(
