@@ -121,9 +121,10 @@ class ServerSettings:
             "cpu_threads",
             f"{self.cpu_threads!r}: give 'all' or core numbers like 0-3 or 0,2",
         )
-        allowed = sorted(os.sched_getaffinity(0))
+        cores, allowed = cores_of(self.cpu_threads), sorted(os.sched_getaffinity(0))
+        require(bool(cores), "cpu_threads", f"{self.cpu_threads}: names no core (a range runs low-high)")
         require(
-            cores_of(self.cpu_threads) <= set(allowed),
+            cores <= set(allowed),
             "cpu_threads",
             f"{self.cpu_threads}: this process may use only cores {','.join(map(str, allowed))}",
         )

@@ -89,6 +89,8 @@ def test_settings_built_in_code_are_checked_like_flags():
         ServerSettings(max_num_generations=0)
     with pytest.raises(SettingsError, match="--cpu-threads 'two': give 'all' or core numbers like 0-3 or 0,2"):
         ServerSettings(cpu_threads="two")
+    with pytest.raises(SettingsError, match=r"--cpu-threads 1-0: names no core \(a range runs low-high\)"):
+        ServerSettings(cpu_threads="1-0")
     with pytest.raises(SettingsError, match="--cpu-threads 0-4096: this process may use only cores"):
         ServerSettings(cpu_threads="0-4096")
     with pytest.raises(SettingsError, match="--num-generations k > 1 needs --temperature > 0"):
