@@ -26,6 +26,7 @@ from shared.settings import write_config
 from tests.conftest import torchrun
 from trainer.batching import question_indices
 from trainer.generators import GeneratorError, GrpoMathServer
+from trainer.generators.pool import RECHECK_SECONDS
 from trainer.settings import TrainSettings
 
 pytestmark = pytest.mark.slow
@@ -118,15 +119,19 @@ def test_a_server_that_stays_away_stops_the_run_with_a_clear_error(tmp_path):
 
 
 def test_a_pool_trains_on_without_a_lost_server_and_takes_it_back(tmp_path):
-    """Two servers; one killed after step 2 and restarted a minute later on the same port: the
-    trainer loses it once its retries are spent, samples every group on the other, and takes it
-    back (the newest adapter pushed first) when it answers again; no step is lost or done twice."""
-    steps = 40  # the run outlasts the minute away and the restart at 3 s a step or slower (4-9 s measured)
+    """Two servers, each on a core of its own (as the deploy page runs them); one killed after
+    step 2: the trainer loses it once its retries are spent and samples every group on the other.
+    The trainer is then paused (SIGSTOP) while the server is restarted on the same port, so the run
+    cannot end before it answers again, however fast a step is; resumed, it takes the server back
+    (the newest adapter pushed first) and samples on it. No step is lost or done twice."""
+    steps = 12  # the server is lost at step 3 or 4; the steps after it are sampled on both again
     port = free_port()
+    cores = sorted(os.sched_getaffinity(0))
+    first_flags, second_flags = ([*SERVER_FLAGS, "--cpu-threads", str(core)] for core in (cores[0], cores[-1]))
     first, second = start_side_by_side(
         [
-            LocalServer(SERVER_FLAGS, tmp_path / "first.log"),
-            LocalServer(SERVER_FLAGS, tmp_path / "second-1.log", port=port),
+            LocalServer(first_flags, tmp_path / "first.log"),
+            LocalServer(second_flags, tmp_path / "second-1.log", port=port),
         ]
     )
     trainer = start_trainer(
@@ -136,8 +141,15 @@ def test_a_pool_trains_on_without_a_lost_server_and_takes_it_back(tmp_path):
     try:
         wait_for(lambda: len(metrics(tmp_path / "run")) >= 2, timeout=300)
         second.kill()
-        time.sleep(60)
-        second = LocalServer(SERVER_FLAGS, tmp_path / "second-2.log", port=port).start()
+        wait_for(lambda: "is lost" in (tmp_path / "train.log").read_text(), timeout=300)
+        lost_at = time.monotonic()
+        trainer.send_signal(signal.SIGSTOP)
+        try:
+            second = LocalServer(second_flags, tmp_path / "second-2.log", port=port).start()
+            time.sleep(max(0.0, lost_at + RECHECK_SECONDS + 1 - time.monotonic()))
+        finally:
+            trainer.send_signal(signal.SIGCONT)
+        assert len(metrics(tmp_path / "run")) < steps - 2, "the run was nearly over when the server was lost"
         assert trainer.wait(timeout=900) == 0, (tmp_path / "train.log").read_text()[-3000:]
         versions = [GrpoMathServer(url).active_version() for url in (first.url, second.url)]
         sampled = httpx.get(second.url + "/metrics").text
@@ -146,9 +158,7 @@ def test_a_pool_trains_on_without_a_lost_server_and_takes_it_back(tmp_path):
         first.stop()
         second.stop()
     assert_each_step_once_in_order(metrics(tmp_path / "run"), steps)
-    log = (tmp_path / "train.log").read_text()
-    assert "is lost" in log
-    assert "taken back into the pool" in log, "the run ended before the server came back: raise `steps`"
+    assert "taken back into the pool" in (tmp_path / "train.log").read_text()
     assert versions[0] == versions[1] == metrics(tmp_path / "run")[-1]["sampled_with_adapter"] + 1
     assert 'grpo_math_http_requests_total{route="/v1/generate",status="200"}' in sampled  # it sampled again
 

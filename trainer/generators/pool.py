@@ -30,6 +30,8 @@ from trainer.generators.interface import Generator
 
 logger = logging.getLogger(__name__)
 
+RECHECK_SECONDS = 10.0  # how often, at most, a lost server's /health is asked again
+
 
 def reply_or_error(call, *args):
     """``call(*args)``, or the ``GeneratorError`` it raised (the pool decides what a failure means)."""
@@ -45,7 +47,7 @@ def is_loss(error: BaseException) -> bool:
 
 
 class ServerPool:
-    def __init__(self, members: list[Generator], recheck_seconds: float = 10.0) -> None:
+    def __init__(self, members: list[Generator], recheck_seconds: float = RECHECK_SECONDS) -> None:
         self.members = members
         self.recheck_seconds = recheck_seconds
         self.lost: dict[int, float] = {}  # member index -> when its health was last asked
