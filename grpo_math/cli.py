@@ -8,6 +8,7 @@ service never imports the other.
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # subcommand -> (module with main(argv), one-line help)
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if asks_for_help else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    if command != "serve":
+        openmp_threads_sleep_when_idle()  # before anything imports torch
     from grpo_math.local_server import exit_on_termination
     from shared.models import plain_bitsandbytes_notices
 
@@ -60,6 +63,31 @@ def main(argv: list[str] | None = None) -> int:
         return nf4_copy(argv[1:])
     module_name, _ = COMMANDS[command]
     return importlib.import_module(module_name).main(argv[1:]) or 0
+
+
+def openmp_threads_sleep_when_idle() -> None:
+    """Let this process's OpenMP threads sleep, not spin, while they wait for work.
+
+    PyTorch's OpenMP runtime (libgomp) keeps a thread that has finished its part of a parallel
+    region spinning for a while (``GOMP_SPINCOUNT``, 300,000 turns by default) before it sleeps. A
+    trainer shares the cores with the server it samples from; when both compute at once
+    (``--max-staleness`` 1 or more, two servers on the same cores) the spinning threads of one
+    process take the cores the other's threads are waiting for, and both slow down several times
+    over (measured on the performance page, "OpenMP threads on shared cores"). Sleeping costs the
+    trainer nothing measurable; the server keeps spinning, which is faster while it has the cores
+    to itself.
+
+    libgomp reads ``OMP_WAIT_POLICY`` once, when ``import torch`` loads it, so the variable is set
+    for that import and taken out again: a server this process starts keeps the default. A wait
+    policy or spin count set by the user is left alone, here and in every process started from here.
+    """
+    if "torch" in sys.modules or {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        import torch  # noqa: F401 (loads libgomp, which reads the variable now)
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
 
 
 def embedded_model(argv: list[str]) -> int:

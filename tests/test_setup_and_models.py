@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,29 @@ def test_the_stack_imports_and_vllm_knows_its_version():
     for broken in ("torchvision", "torchaudio", "triton", "torchcodec"):  # removed by make setup
         with pytest.raises(importlib.metadata.PackageNotFoundError):
             importlib.metadata.version(broken)
+
+
+def test_a_command_loads_openmp_to_sleep_when_idle_and_leaves_the_environment_as_it_was():
+    """Every command but ``serve`` loads PyTorch's libgomp with a spin count of 0 (it shares the
+    cores with a server); the variable is gone again afterwards, so a server it starts spins as by
+    default; a wait policy or spin count the user set wins."""
+    code = (
+        "import os; from grpo_math.cli import openmp_threads_sleep_when_idle as sleep_when_idle; "
+        "sleep_when_idle(); import torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    clean = {name: value for name, value in os.environ.items() if name not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def policy_left_and_spin_count(**environment) -> tuple[str, str]:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**clean, "OMP_DISPLAY_ENV": "VERBOSE", **environment},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return result.stdout.strip(), re.search(r"GOMP_SPINCOUNT = '(\d+)'", result.stderr).group(1)
+
+    assert policy_left_and_spin_count() == ("None", "0")
+    assert policy_left_and_spin_count(GOMP_SPINCOUNT="1000") == ("None", "1000")
+    assert policy_left_and_spin_count(OMP_WAIT_POLICY="ACTIVE") == ("ACTIVE", "30000000000")
 
 
 def test_cli_help_lists_commands():
