@@ -15,6 +15,7 @@ import os
 import sys
 
 from generator_server.settings import ServerSettings, cores_of
+from shared.openmp import spin_briefly
 from shared.settings import parse_settings
 
 logger = logging.getLogger("generator_server")
@@ -32,13 +33,16 @@ def bind_cpu_threads(cpu_threads: str) -> None:
     With ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the CPU platform runs the model inside the engine
     core's process instead (``AsyncLLM`` still gives the engine core a process of its own). vLLM's
     own thread binding is not used then, so the process is pinned to the cores asked for and the
-    engine core it starts inherits that. Environment values set by the user win: with
-    ``VLLM_ENABLE_V1_MULTIPROCESSING=1``, vLLM's worker process binds to ``VLLM_CPU_OMP_THREADS_BIND``.
+    engine core it starts inherits that. Its OpenMP threads spin only briefly before they sleep
+    (``shared/openmp.py``), so that a trainer or server computing on the same cores is not
+    starved. Environment values set by the user win: with ``VLLM_ENABLE_V1_MULTIPROCESSING=1``,
+    vLLM's worker process binds to ``VLLM_CPU_OMP_THREADS_BIND``.
     """
     cores = cores_of(cpu_threads)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(cores))))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    spin_briefly()  # read by the engine core's process, started later
     os.sched_setaffinity(0, cores)
 
 

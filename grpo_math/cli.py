@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from shared.openmp import spin_briefly
+
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("generator_server.__main__", "run the generator server (vLLM, grouped sampling, LoRA hot-load)"),
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     if command != "serve":
-        openmp_threads_sleep_when_idle()  # before anything imports torch
+        import_torch_spinning_briefly()  # before anything else imports torch
     from grpo_math.local_server import exit_on_termination
     from shared.models import plain_bitsandbytes_notices
 
@@ -65,29 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     return importlib.import_module(module_name).main(argv[1:]) or 0
 
 
-def openmp_threads_sleep_when_idle() -> None:
-    """Let this process's OpenMP threads sleep, not spin, while they wait for work.
-
-    PyTorch's OpenMP runtime (libgomp) keeps a thread that has finished its part of a parallel
-    region spinning for a while (``GOMP_SPINCOUNT``, 300,000 turns by default) before it sleeps. A
-    trainer shares the cores with the server it samples from; when both compute at once
-    (``--max-staleness`` 1 or more, two servers on the same cores) the spinning threads of one
-    process take the cores the other's threads are waiting for, and both slow down several times
-    over (measured on the performance page, "OpenMP threads on shared cores"). Sleeping costs the
-    trainer nothing measurable; the server keeps spinning, which is faster while it has the cores
-    to itself.
-
-    libgomp reads ``OMP_WAIT_POLICY`` once, when ``import torch`` loads it, so the variable is set
-    for that import and taken out again: a server this process starts keeps the default. A wait
-    policy or spin count set by the user is left alone, here and in every process started from here.
-    """
-    if "torch" in sys.modules or {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-        return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
+def import_torch_spinning_briefly() -> None:
+    """Load PyTorch's OpenMP runtime with a short spin (``shared/openmp.py``), then take the
+    variable out of the environment again: a program started from here (a peer the benchmark
+    times) gets the user's environment, and ``grpo-math serve`` sets its own."""
+    if "torch" not in sys.modules and spin_briefly():
         import torch  # noqa: F401 (loads libgomp, which reads the variable now)
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
+
+        del os.environ["GOMP_SPINCOUNT"]
 
 
 def embedded_model(argv: list[str]) -> int:
