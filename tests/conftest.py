@@ -49,7 +49,8 @@ def start_server(
     extra_flags: list[str], log_path: Path, api_key: str | None = None, timeout: float = 240
 ) -> LocalServer:
     """``grpo-math serve`` as a subprocess on a free port, once healthy."""
-    return LocalServer(extra_flags, log_path, environment={API_KEY_ENVIRONMENT: api_key or ""}).start(timeout)
+    environment = {API_KEY_ENVIRONMENT: api_key or "", "OMP_DISPLAY_ENV": "VERBOSE"}  # libgomp's settings, in the log
+    return LocalServer(extra_flags, log_path, environment=environment).start(timeout)
 
 
 def stop_server(server: LocalServer) -> None:

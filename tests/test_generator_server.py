@@ -46,6 +46,12 @@ def test_health_names_the_model_and_needs_no_key(server):
     assert health["status"] == "ok" and health["model"].endswith("SmolLM2-135M-Instruct-bf16")
 
 
+def test_the_engine_loads_openmp_with_a_short_spin(server):
+    """The engine core's OpenMP threads spin 3,000 turns before they sleep (``shared/openmp.py``),
+    as libgomp printed it when it was loaded."""
+    assert "GOMP_SPINCOUNT = '3000'" in server.log_path.read_text()
+
+
 def test_groups_of_n_with_token_ids_that_decode_to_the_text(server, fp32_model):
     _, tokenizer = fp32_model
     reply = generate(server, prompts=QUESTIONS[:2], n=8, max_tokens=48, temperature=1.0)
