@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if asks_for_help else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
-    if command != "serve":
-        import_torch_spinning_briefly()  # before anything else imports torch
     from grpo_math.local_server import exit_on_termination
     from shared.models import plain_bitsandbytes_notices
 
@@ -63,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return embedded_model(argv[1:])
     if command == "nf4-copy":
         return nf4_copy(argv[1:])
+    if command != "serve":  # it sets its own for its engine
+        import_torch_spinning_briefly()  # before the command's module imports torch
     module_name, _ = COMMANDS[command]
     return importlib.import_module(module_name).main(argv[1:]) or 0
 
