@@ -58,14 +58,16 @@ def test_summary_counts_rates_with_wilson_intervals_and_pass_and_majority_at_k()
             )
     summary = summarise(rows, num_generations=3)
     assert summary["strict_accuracy"]["successes"] == 3 and summary["strict_accuracy"]["value"] == 0.5
-    assert summary["strict_accuracy"]["ci95"] == pytest.approx(list(wilson_interval(3, 6)))
-    assert summary["truncation_rate"]["value"] == pytest.approx(1 / 6)
+    # equal, not close: the same float64 operations on both sides, and halves are exact in binary
+    assert summary["strict_accuracy"]["ci95"] == list(wilson_interval(3, 6))
+    assert summary["truncation_rate"]["value"] == 1 / 6
     assert summary["pass@3"]["value"] == 1.0  # both questions have a right sample
     assert summary["maj@3"]["value"] == 0.5  # only the first question's majority is right
-    assert summary["reward/check_answer_correctness"] == pytest.approx((3 + 3 - 0.5 - 0.5 - 0.5 + 3) / 6)
+    assert summary["reward/check_answer_correctness"] == (3 + 3 - 0.5 - 0.5 - 0.5 + 3) / 6
 
 
 def test_wilson_interval_edges():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     low, high = wilson_interval(0, 10)
-    assert 0.25 < high < 0.32  # 95 % upper bound for 0 of 10 is 0.278
+    # 0 of n: the upper bound is z²/(n + z²) in closed form (0.2775 for n = 10), a few float64 roundings away
+    assert high == pytest.approx(1.96**2 / (10 + 1.96**2), rel=1e-12)

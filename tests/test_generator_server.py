@@ -103,7 +103,9 @@ def test_sampler_logprobs_match_transformers_after_temperature(server, fp32_mode
             differences.append((logprobs - torch.tensor(completion.logprobs)).abs())
     mean_difference = torch.cat(differences).mean().item()
     print(f"\nmean |sampler - transformers| logprob, fp32, T={temperature}: {mean_difference:.2e}")
-    assert mean_difference < 1e-3  # measured ≈ 5e-6
+    # vLLM's CPU kernels against transformers', both float32 through 30 layers (no short derivation):
+    # measured ≈ 5e-6 on AMD EPYC; the bound is 200x that, and a temperature left out moves tenths of a nat
+    assert mean_difference < 1e-3
 
 
 def test_pushed_adapter_changes_greedy_output_and_matches_peft(server, fp32_model, tmp_path):

@@ -68,7 +68,9 @@ def test_a_merged_adapter_serves_what_peft_computes(merge_server, fp32_model, tm
         [(torch.tensor(g.completions[0].logprobs) - e).abs() for g, e in zip(reply.groups, expected_logprobs)]
     )
     print(f"\nmerge vs PEFT, fp32: mean |Δ logprob| {differences.mean():.2e}, max {differences.max():.2e}")
-    assert differences.mean() < 1e-3  # measured ≈ 1e-5
+    # vLLM's CPU kernels with the merged weights against PEFT's, float32 (no short derivation):
+    # measured ≈ 1e-5 on AMD EPYC, the bound 100x that; another adapter changes the greedy tokens themselves
+    assert differences.mean() < 1e-3
 
 
 def test_a_newer_push_replaces_the_merge_and_never_stacks_on_it(merge_server, fp32_model, tmp_path):
