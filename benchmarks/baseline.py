@@ -1,11 +1,16 @@
 """The bench's regression guard: a run's figures against committed baselines.
 
 A baseline file (``benchmarks/baselines/cpu.json``) holds, per figure, the median, min and max
-of the runs it was made from, the machine they ran on and a tolerance. A figure with a goal fails
+of the runs it was made from, the machine they ran on and a tolerance. A guarded figure fails
 when it moved past its baseline's spread, widened by the tolerance, on the worse side (below for
 ``>=`` goals, above for ``<=``); a move to the better side is reported, as is every figure without
-a goal and every figure the baseline lacks. prime-rl's benchmark regression test (committed
-baselines, a tolerance per figure) is the model.
+a goal, every unguarded figure and every figure the baseline lacks. prime-rl's benchmark
+regression test (committed baselines, a tolerance per figure) is the model.
+
+A figure is guarded where it has a goal and its runs stayed within ±20 % of their median
+(``SPREAD_LIMIT``): then a figure halved or doubled lands outside the accepted range, whereas a
+figure whose own runs spread 2-7x could not tell a regression from noise. An unguarded figure
+needs more repetitions (or a larger size) per run before it can guard anything.
 
     grpo-math bench --all --quick --baseline benchmarks/baselines/cpu.json
     grpo-math bench --all --quick --write-baseline benchmarks/baselines/cpu.json  # from this run
@@ -19,6 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TOLERANCE = 0.25  # relative, beyond the baseline's own min–max
+SPREAD_LIMIT = 0.20  # a figure whose runs spread further from their median than this guards nothing
+
+
+def guarded(median: float, low: float, high: float, goal: str | None) -> bool:
+    """Whether a figure with this spread can catch a regression: it has a goal, and its min and max
+    are within ``SPREAD_LIMIT`` of its median.
+
+    >>> guarded(1.0, 0.9, 1.15, ">= 0.5"), guarded(1.84, 0.37, 2.78, ">= 0.95"), guarded(1.0, 0.9, 1.1, None)
+    (True, False, False)
+    """
+    return bool(goal) and median > 0 and low >= median * (1 - SPREAD_LIMIT) and high <= median * (1 + SPREAD_LIMIT)
 
 
 def key(figure: dict) -> str:
@@ -31,7 +47,7 @@ class Verdict:
     value: float
     low: float | None  # the accepted range (None: no baseline for this figure)
     high: float | None
-    status: str  # "ok", "REGRESSED", "better", "moved", "new"
+    status: str  # "ok", "REGRESSED", "better", "moved", "unguarded", "new"
 
     def line(self) -> str:
         accepted = "" if self.low is None else f"  accepted {self.low:.3f}–{self.high:.3f}"
@@ -45,7 +61,7 @@ def baseline_from(reports: list[dict], tolerance: float = DEFAULT_TOLERANCE) -> 
     >>> run = lambda value, low, high: {"machine": {"cores": 2}, "figures": [
     ...     {"scenario": "s", "name": "x", "value": value, "min": low, "max": high, "goal": ">= 1"}]}
     >>> baseline_from([run(2.0, 1.8, 2.1), run(2.4, 2.2, 2.6), run(2.2, 2.0, 2.3)])["figures"]["s: x"]
-    {'median': 2.2, 'min': 1.8, 'max': 2.6, 'goal': '>= 1', 'tolerance': 0.25, 'runs': 3}
+    {'median': 2.2, 'min': 1.8, 'max': 2.6, 'goal': '>= 1', 'tolerance': 0.25, 'runs': 3, 'guarded': True}
     """
     figures: dict[str, dict] = {}
     for report in reports:
@@ -56,32 +72,34 @@ def baseline_from(reports: list[dict], tolerance: float = DEFAULT_TOLERANCE) -> 
             entry["values"].append(figure["value"])
             entry["min"], entry["max"] = min(entry["min"], figure["min"]), max(entry["max"], figure["max"])
             entry["goal"] = figure.get("goal")
-    return {
-        "machine": reports[0]["machine"],
-        "figures": {
-            name: {
-                "median": sorted(entry["values"])[len(entry["values"]) // 2],
-                "min": entry["min"],
-                "max": entry["max"],
-                "goal": entry["goal"],
-                "tolerance": tolerance,
-                "runs": len(entry["values"]),
-            }
-            for name, entry in figures.items()
-        },
-    }
+    baseline = {"machine": reports[0]["machine"], "figures": {}}
+    for name, entry in figures.items():
+        median = sorted(entry["values"])[len(entry["values"]) // 2]
+        baseline["figures"][name] = {
+            "median": median,
+            "min": entry["min"],
+            "max": entry["max"],
+            "goal": entry["goal"],
+            "tolerance": tolerance,
+            "runs": len(entry["values"]),
+            "guarded": guarded(median, entry["min"], entry["max"], entry["goal"]),
+        }
+    return baseline
 
 
 def compare(report: dict, baseline: dict) -> list[Verdict]:
     """One verdict per figure of ``report``.
 
-    >>> baseline = {"figures": {"s: up": {"min": 2.0, "max": 3.0, "goal": ">= 1", "tolerance": 0.25},
-    ...                         "s: down": {"min": 0.1, "max": 0.2, "goal": "<= 1", "tolerance": 0.25}}}
+    >>> entry = lambda low, high, goal, guarded=True: {"min": low, "max": high, "goal": goal, "tolerance": 0.25,
+    ...                                                "guarded": guarded}
+    >>> baseline = {"figures": {"s: up": entry(2.0, 2.4, ">= 1"), "s: down": entry(0.1, 0.12, "<= 1"),
+    ...                         "s: noisy": entry(0.1, 0.7, ">= 1", guarded=False)}}
     >>> report = {"figures": [{"scenario": "s", "name": "up", "value": 1.4},
-    ...                       {"scenario": "s", "name": "down", "value": 0.22},
+    ...                       {"scenario": "s", "name": "down", "value": 0.14},
+    ...                       {"scenario": "s", "name": "noisy", "value": 0.01},
     ...                       {"scenario": "s", "name": "other", "value": 5.0}]}
     >>> [(verdict.key, verdict.status) for verdict in compare(report, baseline)]
-    [('s: up', 'REGRESSED'), ('s: down', 'ok'), ('s: other', 'new')]
+    [('s: up', 'REGRESSED'), ('s: down', 'ok'), ('s: noisy', 'unguarded'), ('s: other', 'new')]
     """
     verdicts = []
     for figure in report["figures"]:
@@ -95,6 +113,8 @@ def compare(report: dict, baseline: dict) -> list[Verdict]:
         goal = expected.get("goal") or ""
         if low <= value <= high:
             status = "ok"
+        elif not expected.get("guarded", True):
+            status = "unguarded"  # outside, but its own runs spread too far to call it a regression
         elif goal.startswith(">="):
             status = "REGRESSED" if value < low else "better"
         elif goal.startswith("<="):
