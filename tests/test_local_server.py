@@ -15,12 +15,16 @@ import pytest
 from grpo_math.local_server import LocalServer, start_side_by_side
 
 FLAGS = ["--enforce-eager", "--kv-cache-bytes", str(128 * 2**20), "--max-model-len", "512"]
+# The parent as a terminal's foreground process has it: SIGINT raises KeyboardInterrupt. A shell
+# that starts pytest in the background without job control (`bash -c 'make test-slow &'`) hands
+# every child SIGINT ignored, and Python then leaves it ignored: the parent would sleep on.
 PARENT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     from grpo_math.local_server import LocalServer, exit_on_termination
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     exit_on_termination()
     with LocalServer({flags!r}, Path(sys.argv[1])) as server:
         print(server.process.pid, flush=True)
@@ -54,7 +58,11 @@ def test_the_server_and_its_engine_end_with_the_process_that_started_them(ending
         assert len(family) >= 2, "the engine runs in processes of its own"
         if ending != "crash":
             parent.send_signal(getattr(signal, ending))
-        parent.wait(timeout=120)
+        try:
+            parent.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            log = (tmp_path / "server.log").read_text()[-3000:]
+            pytest.fail(f"the parent did not exit within 120 s of {ending}; the server's log:\n{log}")
         left = wait_until_gone(family, timeout=90)
         assert not left, [p.cmdline() for p in left]
     finally:
