@@ -19,6 +19,11 @@ Scenarios (``--scenario NAME ...`` or ``--all``; ``--quick`` sizes them for CI):
   pool              two servers behind one trainer ÷ one server, sampling tok/s
   async             completions trained per minute with --max-staleness 1 and 2 ÷ 0 (goal ≥ 1.6 on a
                     GPU box), cores shared and split; reward and format curves of S=0 and S=1 by seed
+  time-to-accuracy  held-out accuracy per step and per training minute of each peer from one SFT
+                    adapter per seed, on the same questions: ours − recipe at the last step (goal
+                    ≥ −3 points) and the recipe's training time to SFT + 10 points ÷ ours (goal ≥ 5);
+                    hours, so not in --all, and resumable with the same --output-dir
+                    (benchmarks/time_to_accuracy.py)
 
 Writes ``bench.json`` ({"machine", "figures", "raw"}), one PNG per scenario and prints a table.
 Runs from a checkout (the peers' runners and a test helper live beside it). The same command runs
@@ -41,10 +46,11 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from benchmarks import asynchronous, serving, training
+from benchmarks import asynchronous, serving, time_to_accuracy, training
 from benchmarks.baseline import check_against, write_baseline
 from benchmarks.measure import LASTING_SERVERS, Figure, machine
 from grpo_math.local_server import LocalServer, start_side_by_side
+from shared.datasets import dataset_problem
 from shared.settings import Check, at_least, check_fields, parse_settings, require, setting
 
 SCENARIOS = {
@@ -58,7 +64,9 @@ SCENARIOS = {
     "lora-overhead": serving.lora_overhead,
     "pool": serving.pool,
     "async": asynchronous.async_training,
+    "time-to-accuracy": time_to_accuracy.time_to_accuracy,
 }
+BY_NAME_ONLY = ("time-to-accuracy",)  # hours long: never in --all
 Scenario = Literal[
     "server-overhead",
     "step-time",
@@ -70,26 +78,40 @@ Scenario = Literal[
     "lora-overhead",
     "pool",
     "async",
+    "time-to-accuracy",
 ]
-Peer = Literal["recipe", "trl-colocate", "trl-async", "lora", "merge"]
+Peer = Literal[
+    "recipe",
+    "trl-colocate",
+    "trl-async",
+    "lora",
+    "merge",
+    "merge-fp32-head",
+    "merge-whole-sequences",
+    "merge-no-importance-correction",
+]
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    all: bool = setting(False, "run every scenario")
+    all: bool = setting(False, "run every scenario but time-to-accuracy")
     scenario: tuple[Scenario, ...] = setting((), "scenarios to run (see above)")
     quick: bool = setting(False, "CI sizes: short completions, one repetition, one measured step")
     output_dir: str | None = setting(None, "none = runs/bench-<time>")
     max_completion_length: tuple[int, ...] = setting(
         (256, 1024),
-        "step-time: most tokens per completion, one run each",
+        "step-time: most tokens per completion, one run each; time-to-accuracy: the first",
         check=Check(lambda v: min(v) >= 1, "must be positive"),
     )
     measured_steps: int = setting(
         3, "step-time: measured steps per run, after one untimed first step", check=at_least(1)
     )
     repetitions: int = setting(3, "interleaved repetitions of every measurement", check=at_least(1))
-    peers: tuple[Peer, ...] = setting(("recipe", "trl-colocate", "trl-async", "lora", "merge"), "step-time: who runs")
+    peers: tuple[Peer, ...] = setting(
+        ("recipe", "trl-colocate", "trl-async", "lora", "merge"),
+        "step-time and time-to-accuracy: who runs (the merge-* peers: ours with one departure from the recipe "
+        "turned off; time-to-accuracy always runs merge and not trl-async)",
+    )
     init_adapter: str | None = setting(
         None,
         "step-time: the adapter every peer starts from; none = a 20-step SFT adapter made here (none in --quick)",
@@ -100,6 +122,15 @@ class BenchSettings:
         "(the bare base model with a fresh LoRA, whose answers run to the length limit)",
     )
     timeout: float = setting(7200.0, "seconds one peer run may take", check=at_least(1))
+    seeds: tuple[int, ...] = setting(
+        (1, 2, 3), "time-to-accuracy: one SFT adapter per seed, every peer trained from it"
+    )
+    max_steps: int = setting(40, "time-to-accuracy: GRPO steps of every peer", check=at_least(1))
+    eval_every: int = setting(
+        10, "time-to-accuracy: steps between held-out evaluations (step 0: the SFT adapter)", check=at_least(1)
+    )
+    eval_limit: int = setting(200, "time-to-accuracy: the first N test questions, every evaluation", check=at_least(1))
+    dataset: str = setting("arithmetic:1", "time-to-accuracy: the task (see grpo-math train --help)")
     baseline: str | None = setting(
         None, "a baseline file (benchmarks/baselines/cpu.json): exit 1 where a figure regressed past it"
     )
@@ -108,6 +139,8 @@ class BenchSettings:
     def __post_init__(self) -> None:
         check_fields(self)
         require(self.all or bool(self.scenario), "scenario", "or --all: nothing to run")
+        require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
+        require(self.max_steps % self.eval_every == 0, "eval_every", "must divide --max-steps")
 
 
 @dataclass
@@ -301,7 +334,7 @@ def run_bench(settings: BenchSettings) -> Path:
     output_dir = Path(settings.output_dir or f"runs/bench-{datetime.now():%Y%m%d-%H%M%S}")
     output_dir.mkdir(parents=True, exist_ok=True)
     context = Context(settings, output_dir)
-    names = list(SCENARIOS) if settings.all else list(settings.scenario)
+    names = [name for name in SCENARIOS if name not in BY_NAME_ONLY] if settings.all else list(settings.scenario)
     figures: list[tuple[str, Figure]] = []
     durations = {}
     progress = tqdm(names, desc="bench", unit="scenario")

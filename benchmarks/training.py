@@ -10,6 +10,8 @@ completion length; each run is a process of its own that trains one warm-up step
 - ``trl-colocate``: TRL ``GRPOTrainer`` with ``use_vllm=True, vllm_mode="colocate"``
 - ``trl-async``: TRL's experimental ``AsyncGRPOTrainer`` against ``trl vllm-serve --enable-lora``
 - ``lora`` and ``merge``: this project's server (in that adapter mode) and trainer
+- ``merge-fp32-head``, ``merge-whole-sequences``, ``merge-no-importance-correction``: ours in merge
+  mode with one of its departures from the recipe turned off (``OURS_VARIANTS``)
 
 A peer that cannot run here as it ships is run once and reported with the exact error it raised.
 """
@@ -30,6 +32,14 @@ from trainer import metrics as names
 from trainer.settings import TrainSettings
 
 GOALS = {"recipe": ">= 3", "trl-colocate": ">= 2", "trl-async": ">= 1.5"}
+# Ours in merge mode with one departure from the recipe's computation turned off: the LM head in
+# float32 rather than the compute dtype, every sequence run whole rather than its group's prompt once,
+# no weighting by π_trainer/π_sampler (TRL generating in the trainer has no sampler to correct for)
+OURS_VARIANTS = {
+    "merge-fp32-head": dict(lm_head_dtype="float32"),
+    "merge-whole-sequences": dict(shared_prompt_forward="off"),
+    "merge-no-importance-correction": dict(vllm_importance_sampling_correction=False),
+}
 # The recipe's goal from this many completion tokens on, longest first: its generation is what
 # grows with the length.
 RECIPE_GOALS = {1024: ">= 10", 256: ">= 5"}
@@ -82,15 +92,16 @@ def train_metrics(context, settings: TrainSettings, log_name: str, cores: list[i
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else None
 
 
-def ours(context, url: str, length: int, adapter: str | None) -> dict:
-    """``grpo-math train`` (the recipe's defaults) against ``url`` for an untimed first step and the
-    measured ones."""
+def ours(context, url: str, length: int, adapter: str | None, **overrides) -> dict:
+    """``grpo-math train`` (the recipe's defaults, but ``overrides``) against ``url`` for an untimed
+    first step and the measured ones."""
     settings = TrainSettings(
         server_url=(url,),
         max_steps=1 + context.measured_steps,
         max_completion_length=length,
         server_timeout=120,
         init_adapter=adapter,
+        **overrides,
     )
     rows = train_metrics(context, settings, "ours.log")
     if rows is None:
@@ -209,6 +220,10 @@ def compare_at_length(context, length: int, adapter: str | None, lora_url: str, 
         "trl-async": lambda: trl_async(context, length),
         "lora": lambda: ours(context, lora_url, length, adapter),
         "merge": lambda: ours(context, merge_url, length, adapter),
+        **{
+            name: lambda overrides=overrides: ours(context, merge_url, length, adapter, **overrides)
+            for name, overrides in OURS_VARIANTS.items()
+        },
     }
     runs: dict[str, list[dict]] = {name: [] for name in context.peers}
 
@@ -257,6 +272,10 @@ def step_figures(label: str, length: int, runs: dict[str, list[dict]], medians: 
         figures.append(
             ratio_figure(f"step time at {label}: ours lora ÷ ours merge", medians["lora"], medians["merge"], None)
         )
+    for variant in OURS_VARIANTS:
+        if "merge" in medians and variant in medians and None not in medians["merge"] + medians[variant]:
+            name = f"step time at {label}: ours {variant} ÷ ours merge"
+            figures.append(ratio_figure(name, medians[variant], medians["merge"], None))
     for mode in ("merge", "lora"):
         for run in runs.get(mode, []):
             if "error" in run:

@@ -66,3 +66,30 @@ def test_bench_all_quick_writes_the_json_the_plots_and_finite_ratios(tmp_path):
         with Image.open(tmp_path / f"{name}.png") as image:
             image.verify()
     assert "figure" in result.stdout and "goal" in result.stdout  # the table
+
+
+def test_time_to_accuracy_quick_runs_every_peer_from_one_adapter_and_a_second_run_resumes(tmp_path):
+    """``--scenario time-to-accuracy --quick``: one seed, 2 steps, 8 questions, for ours and TRL's
+    recipe (trl-colocate reported with the error it raises here); run again on the same folder,
+    nothing trains or evaluates again: the runs' files are as the first run left them."""
+    command = [sys.executable, "-m", "grpo_math", "bench", "--scenario", "time-to-accuracy", "--quick",
+               "--peers", "merge", "recipe", "trl-colocate", "--output-dir", str(tmp_path)]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    seed_dir = tmp_path / "time-to-accuracy" / "seed-1"
+    kept = [seed_dir / "merge" / "grpo" / "metrics.jsonl", seed_dir / "recipe" / "steps.jsonl",
+            seed_dir / "recipe" / "eval" / "summary.json", seed_dir / "eval-sft" / "summary.json"]  # fmt: skip
+    before = [path.read_text() for path in kept]
+    curves = json.loads((seed_dir.parent / "curves.json").read_text())["1"]
+    assert [point["step"] for point in curves["merge"]["points"]] == [1, 2]
+    assert [point["step"] for point in curves["recipe"]["points"]] == [1, 2]
+    assert curves["merge"]["step_zero"] == curves["recipe"]["step_zero"]  # one SFT adapter, evaluated once
+    assert "bitsandbytes" in curves["trl-colocate"]["error"]  # vLLM refuses the 4-bit policy
+    names = {figure["name"] for figure in json.loads((tmp_path / "bench.json").read_text())["figures"]}
+    assert "training time to SFT + 10 points: recipe ÷ ours" in names
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert [path.read_text() for path in kept] == before
+    with Image.open(tmp_path / "time_to_accuracy.png") as image:
+        image.verify()
