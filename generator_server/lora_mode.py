@@ -72,13 +72,10 @@ class LoraMode:
         self.adapters[version] = LoadedAdapter(
             version, lora_request, folder, activated=upload.activate, pending=upload.activate
         )
-        if not upload.activate:
-            await self._unload_old_versions()
 
     async def activate(self, version: int) -> None:
         self.adapters[version].pending = False
         self.active_version = version
-        await self._unload_old_versions()
 
     async def discard(self, version: int) -> None:
         adapter = self.adapters.pop(version)
@@ -103,9 +100,9 @@ class LoraMode:
         finally:
             if adapter is not None:
                 adapter.in_flight -= 1
-                await self._unload_old_versions()
+                await self.retire()
 
-    async def _unload_old_versions(self) -> None:
+    async def retire(self) -> None:
         """Everything outside the keep-window that no request is using."""
         keep = kept_versions(
             {version: adapter.activated for version, adapter in self.adapters.items() if not adapter.pending},

@@ -22,7 +22,7 @@ from generator_server.gate import BatchGate
 from generator_server.merge import MergeWorkerExtension, PristineWeights, merged_weights, write_weights
 from generator_server.settings import ServerSettings
 from shared.protocol import AdapterUpload
-from shared.versions import kept_versions
+from shared.versions import AdapterLoads, kept_versions
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +36,16 @@ class VersionsKeptSwitching(RuntimeError):
 class MergeMode:
     name = "merge"
 
-    def __init__(self, settings: ServerSettings, engine: AsyncLLM, adapter_root: Path, weights_path: str) -> None:
+    def __init__(
+        self, settings: ServerSettings, engine: AsyncLLM, adapter_root: Path, weights_path: str, loads: AdapterLoads
+    ) -> None:
         self.settings, self.engine, self.adapter_root = settings, engine, adapter_root
+        self.loads = loads  # the engine's: the highest version spent tells a replaced version from an unknown one
         self.pristine = PristineWeights(weights_path)
         self.sources: dict[int, AdapterUpload] = {}  # the active and the evaluation-only adapters
         self.active_version: int | None = None
         self.merged_version: int | None = None  # the version whose weights the engine holds
         self.merged_modules: set[str] = set()  # the modules the merged adapter changed
-        self.highest_version = 0
         self.gate = BatchGate()
         self._lock = asyncio.Lock()
 
@@ -58,19 +60,15 @@ class MergeMode:
     async def load(self, upload: AdapterUpload, version: int) -> None:
         """Hold the adapter; it is merged when it becomes active or a request asks for it."""
         self.sources[version] = upload
-        self.highest_version = version
-        if not upload.activate:
-            self._forget_old_versions()
 
     async def activate(self, version: int) -> None:
         await self._switch(version, activate=True)
-        self._forget_old_versions()
 
     async def discard(self, version: int) -> None:
         """Forget ``version``; where its weights are merged, the next request switches them back."""
         del self.sources[version]
 
-    def _forget_old_versions(self) -> None:
+    async def retire(self) -> None:
         keep = kept_versions(
             {v: source.activate for v, source in self.sources.items()},
             self.active_version,
@@ -101,7 +99,7 @@ class MergeMode:
             return self.active_version
         if requested is None or requested in self.sources:
             return requested
-        if isinstance(requested, int) and requested <= self.highest_version:
+        if isinstance(requested, int) and requested <= self.loads.highest:
             raise UnknownAdapterVersion(
                 f"merge mode serves one version at a time: version {requested} was replaced by version "
                 f"{self.active_version} and is no longer served"

@@ -166,6 +166,72 @@ def _dequantize_nf4(model_path: str, target: Path) -> None:
     AutoTokenizer.from_pretrained(model_path).save_pretrained(target)
 
 
+def linear_layer_shapes(model_path: str) -> dict[str, tuple[int, int]]:
+    """``{module name: (in_features, out_features)}`` for every linear layer inside the decoder
+    layers, from the model's config alone (built on the meta device: no weights are read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".layers." in name
+    }
+
+
+def missing_target_modules(layer_names, target_modules) -> list[str]:
+    """The ``--lora-target-modules`` names that match no linear layer of the decoder (PEFT matches a
+    name against the end of a module's path); ``all-linear`` matches every one.
+
+    >>> layers = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj"]
+    >>> missing_target_modules(layers, ["q_proj", "c_attn"]), missing_target_modules(layers, ["all-linear"])
+    (['c_attn'], [])
+    """
+    if tuple(target_modules) == ("all-linear",):
+        return []
+    return [target for target in target_modules if not any(name.split(".")[-1] == target for name in layer_names)]
+
+
+def model_problems(model_path: str, target_modules=None) -> list[tuple[str, str]]:
+    """What a model needs to be served and trained here, checked before any weights load: a chat
+    template (prompts are chat messages), and, where ``target_modules`` is given, a linear layer
+    for each name. Returns (flag, message) pairs; none when the model will do."""
+    from transformers import AutoTokenizer
+
+    problems = []
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError):  # no readable tokenizer: the engine's start says why
+        tokenizer = None
+    if tokenizer is not None and tokenizer.chat_template is None:
+        problems.append(
+            ("model", f"{model_path} has no chat template (tokenizer_config.json's chat_template): prompts are "
+             "chat messages; use an instruction-tuned model or add a template")
+        )  # fmt: skip
+    if target_modules is not None:
+        layers = linear_layer_shapes(model_path)
+        missing = missing_target_modules(layers, target_modules)
+        if missing:
+            names = ", ".join(sorted({name.split(".")[-1] for name in layers}))
+            problems.append(
+                ("lora_target_modules", f"{', '.join(missing)}: no such linear layer in {model_path} "
+                 f"(its decoder has {names}; or all-linear)")
+            )  # fmt: skip
+    return problems
+
+
+def local_model_problems(model: str, target_modules=None) -> list[tuple[str, str]]:
+    """``model_problems`` for a ``--model`` that is a local folder (``embedded`` and ``auto`` on CPU
+    included); a hub id is left to the engine, which fetches it."""
+    path = resolve_model(model)
+    return model_problems(path, target_modules) if Path(path).is_dir() else []
+
+
 def is_missing_folder(path: str) -> bool:
     """A local path (starting with ``/``, ``.`` or ``~``) that is no folder; a hub id such as
     ``Qwen/Qwen2.5-3B-Instruct`` is not checked here.

@@ -10,12 +10,16 @@ for this project's server, and its client for vLLM's own server all follow them.
 - **staleness**: a trainer that samples up to S optimizer steps ahead (``--max-staleness S``) asks
   for versions up to S pushes old while it pushes the next: a server must keep S + 2 versions.
 
+The sequence a push follows, with the highest version spent, is ``AdapterLoads``: one per
+process that numbers adapters (the server, and the trainer's client for vLLM's own server, which
+numbers nothing itself).
+
 Vocabulary, from flag to wire: ``adapter_version`` is the server's number of a pushed adapter
 (``None``: the base model); ``policy_step`` is the optimizer step that made it (0: the initial one).
 """
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, Protocol
 
 DEFAULT_ADAPTER_KEEP = 3  # versions of each kind a server keeps loaded unless told otherwise
 
@@ -70,3 +74,74 @@ def adapter_keep_for(max_staleness: int) -> int:
     (2, 3, 6)
     """
     return max_staleness + 2
+
+
+class AdapterHolder(Protocol):
+    """What holds the adapters, seen by ``AdapterLoads``: the server's adapter mode, or vLLM's own
+    server behind the trainer's client. Each step is the holder's own I/O."""
+
+    async def load(self, upload, version: int) -> None:
+        """Check and load ``upload`` as ``version``, servable by its number, not yet active; raise to
+        refuse it (nothing is loaded then)."""
+
+    async def prove_applied(self, upload, version: int) -> None:
+        """Raise ``shared.probe.AdapterNotApplied`` where the loaded version serves the base model
+        although its adapter changes the model."""
+
+    async def activate(self, version: int) -> None:
+        """Make the loaded version the one ``"latest"`` samples with."""
+
+    async def discard(self, version: int) -> None:
+        """Unload a version that was refused after it was loaded."""
+
+    async def retire(self) -> None:
+        """Unload the versions outside the keep-window (``kept_versions``) that nothing uses."""
+
+
+class AdapterLoads:
+    """The sequence every adapter push follows, and the highest version it spent: one per process
+    that numbers adapters.
+
+    1. number the push: the next version, or the greater one it names (``next_version``; a
+       ``VersionConflict`` before anything is loaded);
+    2. the holder loads it; a load that fails spends no number;
+    3. the number is spent, even if the push is refused below: a number means one adapter;
+    4. pushed to become active: the holder proves it applied, or discards it and the push is
+       refused (the previous version stays active); then it becomes the active version;
+    5. the holder retires what left the keep-window.
+
+    >>> import asyncio
+    >>> class Holder:
+    ...     async def load(self, upload, version): print("load", version)
+    ...     async def prove_applied(self, upload, version): print("prove", version)
+    ...     async def activate(self, version): print("activate", version)
+    ...     async def discard(self, version): print("discard", version)
+    ...     async def retire(self): print("retire")
+    >>> class Push:
+    ...     version, activate = "next", True
+    >>> loads = AdapterLoads(highest=4)
+    >>> asyncio.run(loads.push(Push(), Holder()))
+    load 5
+    prove 5
+    activate 5
+    retire
+    5
+    """
+
+    def __init__(self, highest: int = 0) -> None:
+        self.highest = highest  # the greatest version ever loaded here: a new one must exceed it
+
+    async def push(self, upload, holder: AdapterHolder) -> int:
+        """Run the sequence for ``upload`` (its ``version`` and ``activate``); return its version."""
+        version = next_version(upload.version, self.highest)
+        await holder.load(upload, version)
+        self.highest = version
+        if upload.activate:
+            try:
+                await holder.prove_applied(upload, version)
+            except BaseException:
+                await holder.discard(version)
+                raise
+            await holder.activate(version)
+        await holder.retire()
+        return version

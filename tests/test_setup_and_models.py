@@ -1,8 +1,10 @@
 """The installed stack and the embedded model: what `make setup` promises."""
 
 import importlib.metadata
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.models import embedded_model_dir, resolve_model
+from shared.models import embedded_model_dir, model_problems, resolve_model
 from shared.prompting import build_prompt
 
 GRPO_MATH = [sys.executable, "-m", "grpo_math"]
@@ -105,3 +107,40 @@ def test_two_processes_convert_once_into_a_complete_folder(tmp_path):
     ]
     leftovers = [path for path in tmp_path.iterdir() if path.is_dir() and path.name != "SmolLM2-135M-Instruct-bf16"]
     assert leftovers == []  # no staging folder left behind
+
+
+def model_without_weights(tmp_path, chat_template: bool) -> Path:
+    """The embedded model's config and tokenizer, without weights (enough for every check below);
+    ``chat_template=False`` leaves its chat template out."""
+    source, folder = embedded_model_dir(), tmp_path / "model"
+    folder.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, folder / name)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    if chat_template:
+        shutil.copy(source / "chat_template.jinja", folder / "chat_template.jinja")
+    return folder
+
+
+def test_a_model_without_a_chat_template_is_refused_before_any_weights_load(tmp_path):
+    assert model_problems(str(model_without_weights(tmp_path / "with", chat_template=True))) == []
+    folder = model_without_weights(tmp_path / "without", chat_template=False)
+    ((flag, message),) = model_problems(str(folder))
+    assert flag == "model" and message.startswith(f"{folder} has no chat template")
+    served = subprocess.run([*GRPO_MATH, "serve", "--model", str(folder)], capture_output=True, text=True, timeout=120)
+    assert served.returncode != 0
+    assert f"grpo-math serve: error: --model {folder} has no chat template" in served.stderr
+
+
+def test_lora_target_modules_the_model_lacks_are_named_with_the_layers_it_has():
+    model = str(embedded_model_dir())
+    assert model_problems(model, ("q_proj", "v_proj")) == [] and model_problems(model, ("all-linear",)) == []
+    assert model_problems(model, ("q_proj", "c_attn")) == [
+        (
+            "lora_target_modules",
+            f"c_attn: no such linear layer in {model} "
+            "(its decoder has down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj; or all-linear)",
+        )
+    ]

@@ -17,11 +17,13 @@
   fails on a ``prompt_logprobs`` request batched with others (vLLM issues 16668, 29955), so this
   client sends no other request while it probes; other clients of the same server must not
   sample while a trainer pushes.
-- versions: vLLM numbers nothing, so this client applies the rules of ``shared.versions`` itself,
-  starting above the highest ``grpo-math-v<k>`` the server already has; the reply's ``model``
-  names the adapter that sampled, and is checked against the one asked for.
+- versions: vLLM numbers nothing, so this client pushes by ``shared.versions.AdapterLoads``' sequence
+  itself (the server's own), holding the adapters on vLLM's behalf, starting above the highest
+  ``grpo-math-v<k>`` the server already has; the reply's ``model`` names the adapter that sampled,
+  and is checked against the one asked for.
 """
 
+import asyncio
 import json
 import shutil
 import threading
@@ -43,7 +45,7 @@ from shared.protocol import (
     SampledCompletion,
     ServerLimits,
 )
-from shared.versions import DEFAULT_ADAPTER_KEEP, kept_versions, next_version
+from shared.versions import DEFAULT_ADAPTER_KEEP, AdapterLoads, VersionConflict, kept_versions
 from trainer.generators.http import GeneratorError, RetryingHttp
 
 NAME_PREFIX = "grpo-math-v"
@@ -63,7 +65,7 @@ class VllmServer:
         self.adapter_keep = adapter_keep
         self.loaded: dict[int, bool] = {}  # version -> pushed to become active
         self.active: int | None = None
-        self.highest_version: int | None = None  # learnt from the server on first use
+        self.adapter_loads = AdapterLoads()  # its highest version learnt from the server on first use
         self.base_model: str | None = None
         self.probe_token_ids: list[int] | None = None  # PROBE_TEXT tokenized by the server, once
         self.base_probe: list[float] | None = None  # the base model's probe logprobs, once
@@ -86,7 +88,7 @@ class VllmServer:
         """The base model's name and the versions already on the server, once, before the first
         request that needs them."""
         if self.base_model is None:
-            self.base_model, _, self.highest_version = self._models()
+            self.base_model, _, self.adapter_loads.highest = self._models()
 
     def health(self) -> HealthResponse:
         self._request("GET", "/health", retry=False)
@@ -161,12 +163,22 @@ class VllmServer:
         return GenerateResponse(adapter_version=version, groups=groups)
 
     def push_adapter(self, upload: AdapterUpload) -> AdapterLoadResponse:
+        """A push, by the sequence of ``shared.versions.AdapterLoads``, this client the holder (its
+        steps are blocking HTTP requests, run in order by the sequence)."""
         started = time.perf_counter()
         self._learn_server()
         try:
-            version = next_version(upload.version, self.highest_version)
-        except ValueError as error:
+            version = asyncio.run(self.adapter_loads.push(upload, self))
+        except VersionConflict as error:
             raise GeneratorError(str(error), 409) from None
+        except AdapterNotApplied as error:
+            raise GeneratorError(str(error), 422) from None
+        load_ms = (time.perf_counter() - started) * 1000
+        return AdapterLoadResponse(version=version, active_version=self.active, load_ms=load_ms)
+
+    # ---- the holder of ``AdapterLoads``' steps, on vLLM's behalf
+
+    async def load(self, upload: AdapterUpload, version: int) -> None:
         folder = self.adapter_dir / adapter_name(version)
         staging = folder.with_name(folder.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -174,23 +186,25 @@ class VllmServer:
         self._request(
             "POST", "/v1/load_lora_adapter", json={"lora_name": adapter_name(version), "lora_path": str(folder)}
         )
-        self.highest_version = version  # spent even if refused below: a number means one adapter
-        if upload.activate and changes_the_model(upload.adapter_model):
-            self.base_probe = self.base_probe or self._probe(None)
-            try:
-                check_applied(version, self.base_probe, self._probe(version), self.base_url)
-            except AdapterNotApplied as error:
-                self._unload(version)
-                raise GeneratorError(str(error), 422) from None
         self.loaded[version] = upload.activate
-        if upload.activate:
-            self.active = version
+
+    async def prove_applied(self, upload: AdapterUpload, version: int) -> None:
+        if changes_the_model(upload.adapter_model):
+            self.base_probe = self.base_probe or self._probe(None)
+            check_applied(version, self.base_probe, self._probe(version), self.base_url)
+
+    async def activate(self, version: int) -> None:
+        self.active = version
+
+    async def discard(self, version: int) -> None:
+        self._unload(version)
+        del self.loaded[version]
+
+    async def retire(self) -> None:
         keep = kept_versions(self.loaded, self.active, self.adapter_keep, self.adapter_keep)
         for retired in [v for v in self.loaded if v not in keep]:
             self._unload(retired)
             del self.loaded[retired]
-        load_ms = (time.perf_counter() - started) * 1000
-        return AdapterLoadResponse(version=version, active_version=self.active, load_ms=load_ms)
 
     def _unload(self, version: int) -> None:
         self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": adapter_name(version)})
