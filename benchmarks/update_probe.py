@@ -11,8 +11,9 @@ questions (their token ids and sampler logprobs, as a step gets them); without, 
 Variants, each adding one change to the one before:
 
 - ``per-micro-batch``: bitsandbytes dequantises every nf4 layer in each forward and backward, the
-  LM head's product in float32, its gradient by autograd under activation checkpointing (the
-  trainer before ``--dequantize-once``, ``--lm-head-dtype`` and ``HeadLogprobs``)
+  LM head's product in float32, its gradient by autograd under activation checkpointing
+  (``checkpointed_head_logprobs``, here: the trainer before ``--dequantize-once``,
+  ``--lm-head-dtype`` and ``HeadLogprobs``)
 - ``dequantised once``: ``--dequantize-once on``, one dequantised copy for the update
 - ``compute-dtype head``: and ``--lm-head-dtype compute`` (bf16 on CPU)
 - ``head gradient in the forward``: and ``HeadLogprobs``, the head's gradient computed where its
@@ -110,6 +111,35 @@ def update_flops(policy, sequences: list, lora_rank: int, lora_targets: tuple[st
     return 4 * base * tokens + 6 * lora * tokens + 4 * head * scored + attention * config.num_hidden_layers
 
 
+def checkpointed_head_logprobs(
+    hidden, targets, head_weight, temperature: float, head_dtype, chunk_tokens: int
+) -> tuple:
+    """The reference for ``trainer.policy.HeadLogprobs``: the same log-probabilities and entropies,
+    with the gradient left to autograd, each chunk under activation checkpointing (its logits are
+    computed again for the backward). The trainer's LM head before ``HeadLogprobs``."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_logprobs(hidden_rows, target_rows) -> tuple:
+        logits = (hidden_rows.to(head_dtype) @ head_weight.to(head_dtype).T).float() / temperature  # (n, vocab)
+        log_normaliser = torch.logsumexp(logits, dim=-1)  # (n,)
+        logprobs = logits.gather(1, target_rows[:, None]).squeeze(1) - log_normaliser
+        with torch.no_grad():
+            entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        return logprobs, entropy
+
+    chunks = [
+        checkpoint(
+            chunk_logprobs,
+            hidden[start : start + chunk_tokens],
+            targets[start : start + chunk_tokens],
+            use_reentrant=False,
+        )
+        for start in range(0, targets.numel(), chunk_tokens)
+    ]
+    return torch.cat([logprobs for logprobs, _ in chunks]), torch.cat([entropy for _, entropy in chunks])
+
+
 def wait_for(device) -> None:
     """Return once ``device`` has run the work queued on it (CUDA runs it asynchronously)."""
     import torch
@@ -150,7 +180,7 @@ def main() -> int:
     from shared.models import resolve_model
     from trainer.batching import micro_batches
     from trainer.grpo import LossConfig, Normaliser
-    from trainer.policy import compute_dtype_for, load_policy, nf4_dequantized_once
+    from trainer.policy import HeadLogprobs, compute_dtype_for, load_policy, nf4_dequantized_once
     from trainer.settings import TrainSettings
     from trainer.step import Run, backward_share
 
@@ -182,7 +212,7 @@ def main() -> int:
             LossConfig(),
             device,
             lm_head_dtype=head_dtype,
-            head_gradient_in_forward=head_gradient_in_forward,
+            head=HeadLogprobs.apply if head_gradient_in_forward else checkpointed_head_logprobs,
             shared_prompt=shared_prompt,
         )
         started = time.perf_counter()

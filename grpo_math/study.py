@@ -233,7 +233,14 @@ def write_report(study_dir: Path, study: StudySettings, failed: dict[str, str]) 
         "failed": failed,
     }
     (study_dir / "study.json").write_text(json.dumps(result, indent=2) + "\n")
-    curves_chart(study_dir, tuple(int(seed) for seed in done), result["base"])
+    references = {
+        seed: {
+            "SFT": result["sft"][seed],
+            **({"control": result["control"][seed]} if seed in result["control"] else {}),
+        }
+        for seed in done
+    }
+    curves_chart(study_dir, tuple(int(seed) for seed in done), result["base"], references)
     tables = results_table({study_dir.name: result}) + "\n" + learning_table(result)
     (study_dir / "results.md").write_text(tables + "\nFailure kinds of the final answers:\n\n" + kinds_table(result))
     return tables

@@ -104,19 +104,23 @@ def read_rows(metrics_path: Path) -> list[dict]:
     return [json.loads(line) for line in metrics_path.read_text().splitlines()]
 
 
-def curves_chart(study_dir: Path, seeds: tuple[int, ...], base: dict) -> Path:
+def curves_chart(study_dir: Path, seeds: tuple[int, ...], base: dict, references: dict | None = None) -> Path:
     """Each reward and the sampled completions' strict accuracy (smoothed over 10 steps), and the
-    test accuracies by step; one line per seed."""
+    test accuracies by step; one line per seed. ``references``: per seed, the final metrics of the
+    models GRPO is judged against (``{"SFT": ..., "control": ...}``), drawn as levels on the test
+    panels; rates are drawn from 0 to 1, so that a dip of a point reads as one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from trainer import metrics as names
-    from trainer.report import REWARD_KEYS, smooth
+    from trainer.report import smooth
 
     eval_keys = tuple(names.eval_key(name) for name in ACCURACIES)
-    sampled_keys = (*REWARD_KEYS, names.STRICT_ACCURACY)
+    first_rows = read_rows(study_dir / f"seed-{seeds[0]}" / "grpo" / "metrics.jsonl")
+    reward_keys = (names.REWARD, *dict.fromkeys(key for row in first_rows for key in row if names.is_reward_mean(key)))
+    sampled_keys = (*reward_keys, names.STRICT_ACCURACY)
     figure, axes = plt.subplots(3, 3, figsize=(15, 11))
     panels = list(axes.flat)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -129,14 +133,20 @@ def curves_chart(study_dir: Path, seeds: tuple[int, ...], base: dict) -> Path:
             axis.plot([row[names.STEP] for row in present], values, color=colour, label=f"seed {seed}")
             axis.set_title(f"{key} (mean of 10 steps)", fontsize=9)
         evaluated = [row for row in rows if eval_keys[0] in row]
-        for axis, key in zip(panels[len(sampled_keys) :], eval_keys):
+        levels = (references or {}).get(str(seed), {})
+        for axis, key, metric in zip(panels[len(sampled_keys) :], eval_keys, ACCURACIES):
             axis.plot([row[names.STEP] for row in evaluated], [row[key] for row in evaluated], "o-", color=colour)
+            for (label, final), style in zip(levels.items(), ("--", ":")):
+                axis.axhline(final[metric]["value"], color=colour, linestyle=style, linewidth=1,
+                             label=f"{label}, seed {seed}")  # fmt: skip
             axis.set_title(f"{key}, greedy on the test questions", fontsize=9)
+            axis.set_ylim(0, 1)
     panels[len(sampled_keys)].axhline(
         base["lenient_accuracy"]["value"], color="black", linestyle="--", label="base, lenient"
     )
-    panels[len(sampled_keys)].legend(fontsize=8)
+    panels[len(sampled_keys)].legend(fontsize=7)
     panels[0].legend(fontsize=8)
+    panels[sampled_keys.index(names.STRICT_ACCURACY)].set_ylim(0, 1)
     for axis in panels:
         axis.set_xlabel("GRPO step")
         axis.grid(alpha=0.3)

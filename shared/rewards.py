@@ -11,11 +11,21 @@ and ``str.strip()``. ``score_completions`` combines them with explicit weights.
 
 Scale of the rewards (per completion): format exactly 0 or 3; format approximately -2 .. 2;
 answer correctness -0.5 .. 3; number extraction 0 or 1.5.
+
+A user's own reward functions come in the same way, by import path (``--reward-funcs
+module:function`` or ``path/to/file.py:function``, ``load_reward_function``), and are called as
+TRL calls them: ``f(prompts=..., completions=..., completion_ids=..., **columns)``, every dataset
+column but the prompt a keyword argument, one float per completion or ``None`` where the function
+does not apply.
 """
 
+import importlib
+import importlib.util
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.prompting import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START, TAGS
 
@@ -153,31 +163,158 @@ REWARD_FUNCTIONS: tuple[WeightedReward, ...] = (
 )
 
 
+DEFAULT_REWARD_FUNCS = tuple(f"{__name__}:{reward.name}" for reward in REWARD_FUNCTIONS)  # --reward-funcs
+REWARD_FUNCS_HELP = (
+    "reward functions, module:function or file.py:function, called as TRL calls them (prompts, completions, "
+    "completion_ids and each dataset column as keywords; one float or None per completion)"
+)
+
+
+class RewardError(ValueError):
+    """A reward function that cannot be loaded, that raised, or whose scores are not one finite
+    number (or None) per completion; the message names the function."""
+
+
+def load_reward_function(spec: str) -> RewardFunction:
+    """The function ``spec`` names: ``module:function`` (an importable module) or
+    ``path/to/file.py:function`` (a file, loaded as a module of its own), as TRL users pass
+    reward functions by name.
+
+    >>> load_reward_function("shared.rewards:match_format_exactly").__name__
+    'match_format_exactly'
+    >>> load_reward_function("shared.rewards")
+    Traceback (most recent call last):
+    shared.rewards.RewardError: shared.rewards: expected module:function or file.py:function
+    >>> load_reward_function("shared.rewards:no_such_function")
+    Traceback (most recent call last):
+    shared.rewards.RewardError: shared.rewards:no_such_function: module shared.rewards has no function no_such_function
+    """
+    module_name, _, function_name = spec.rpartition(":")
+    if not module_name or not function_name:
+        raise RewardError(f"{spec}: expected module:function or file.py:function")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise RewardError(f"{spec}: {path}: no such file")
+        module_spec = importlib.util.spec_from_file_location(f"reward_module_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:
+            raise RewardError(f"{spec}: importing {path} raised {type(error).__name__}: {error}") from error
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise RewardError(f"{spec}: cannot import {module_name}: {error}") from error
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise RewardError(f"{spec}: module {module_name} has no function {function_name}")
+    return function
+
+
+def load_rewards(specs: Sequence[str], weights: Sequence[float] | None = None) -> tuple[WeightedReward, ...]:
+    """The functions ``specs`` name (``load_reward_function``), each with its weight (1.0 each
+    without ``weights``, as TRL's ``reward_weights=None``).
+
+    >>> [(reward.name, reward.weight) for reward in load_rewards(DEFAULT_REWARD_FUNCS[:2], (1.0, 0.5))]
+    [('match_format_exactly', 1.0), ('match_format_approximately', 0.5)]
+    """
+    weights = (1.0,) * len(specs) if weights is None else weights
+    return tuple(
+        WeightedReward(load_reward_function(spec), weight) for spec, weight in zip(specs, weights, strict=True)
+    )
+
+
+def reward_function_problem(spec: str) -> str | None:
+    """What is wrong with one ``--reward-funcs`` entry, or None (settings check it before anything
+    loads).
+
+    >>> reward_function_problem("shared.rewards:match_format_exactly") is None
+    True
+    >>> reward_function_problem("no_such_module:f")
+    "no_such_module:f: cannot import no_such_module: No module named 'no_such_module'"
+    """
+    try:
+        load_reward_function(spec)
+    except RewardError as error:
+        return str(error)
+    return None
+
+
+def checked_scores(name: str, values, count: int) -> list[float]:
+    """``values`` as one float per completion, ``None`` (does not apply) as NaN; a wrong length, a
+    value that is no number, or a NaN or infinite number is a ``RewardError`` naming the function.
+
+    >>> checked_scores("f", [1, None, 0.5], 3)
+    [1.0, nan, 0.5]
+    >>> checked_scores("f", [1.0], 2)
+    Traceback (most recent call last):
+    shared.rewards.RewardError: reward function f returned 1 scores for 2 completions
+    >>> checked_scores("f", [float("nan")], 1)
+    Traceback (most recent call last):
+    shared.rewards.RewardError: reward function f returned nan for completion 0 (None means "does not apply")
+    """
+    try:
+        values = list(values)
+    except TypeError:
+        raise RewardError(f"reward function {name} returned {type(values).__name__}, not a list of scores") from None
+    if len(values) != count:
+        raise RewardError(f"reward function {name} returned {len(values)} scores for {count} completions")
+    scores = []
+    for index, value in enumerate(values):
+        if value is None:
+            scores.append(math.nan)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RewardError(f"reward function {name} returned {value!r} for completion {index}, not a number")
+        if not math.isfinite(value):
+            raise RewardError(
+                f'reward function {name} returned {value} for completion {index} (None means "does not apply")'
+            )
+        scores.append(float(value))
+    return scores
+
+
 @dataclass(frozen=True)
 class RewardScores:
-    per_function: dict[str, list[float]]  # reward name -> one score per completion (unweighted)
-    total: list[float]  # weighted sum per completion
+    per_function: dict[str, list[float]]  # reward name -> one score per completion (unweighted; NaN: None)
+    total: list[float]  # weighted sum per completion of the scores that apply; NaN where none applies
 
 
 def score_completions(
     prompts: Sequence,
     completions: Sequence[Completion],
-    answer: Sequence[str],
     rewards: Sequence[WeightedReward] = REWARD_FUNCTIONS,
+    completion_ids: Sequence[Sequence[int]] | None = None,
+    **columns: Sequence,
 ) -> RewardScores:
-    """Every reward's scores and their weighted total, one entry per completion.
+    """Every reward's scores and their weighted total, one entry per completion, each function
+    called as TRL calls it: ``prompts``, ``completions``, ``completion_ids`` and every other
+    dataset column (``answer`` ...) as keyword arguments, one entry per completion. A score of
+    ``None`` leaves that function out of the completion's total (TRL's ``nansum``).
 
-    >>> scores = score_completions(None, ["<start_working_out>1+1<end_working_out><SOLUTION>2</SOLUTION>"], ["2"])
+    >>> done = "<start_working_out>1+1<end_working_out><SOLUTION>2</SOLUTION>"
+    >>> scores = score_completions(None, [done], answer=["2"])
     >>> scores.per_function  # doctest: +NORMALIZE_WHITESPACE
     {'match_format_exactly': [3.0], 'match_format_approximately': [2.0],
      'check_answer_correctness': [3.0], 'check_numbers_extraction': [1.5]}
     >>> scores.total
     [9.5]
     """
-    per_function = {
-        reward.name: reward.function(prompts=prompts, completions=completions, answer=answer) for reward in rewards
-    }
-    total = [
-        sum(reward.weight * per_function[reward.name][index] for reward in rewards) for index in range(len(completions))
-    ]
+    per_function = {}
+    for reward in rewards:
+        try:
+            values = reward.function(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+        except Exception as error:
+            raise RewardError(f"reward function {reward.name} raised {type(error).__name__}: {error}") from error
+        per_function[reward.name] = checked_scores(reward.name, values, len(completions))
+    total = []
+    for index in range(len(completions)):
+        applied = [
+            reward.weight * per_function[reward.name][index]
+            for reward in rewards
+            if not math.isnan(per_function[reward.name][index])
+        ]
+        total.append(sum(applied) if applied else math.nan)
     return RewardScores(per_function=per_function, total=total)

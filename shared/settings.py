@@ -100,7 +100,7 @@ def check_fields(settings) -> None:
     for field in dataclasses.fields(settings):
         check: Check | None = field.metadata.get("check")
         value = getattr(settings, field.name)
-        if typing.get_origin(_field_type(type(settings), field)[0]) is tuple and not isinstance(value, tuple):
+        if typing.get_origin(_field_type(type(settings), field)[0]) is tuple and not isinstance(value, tuple | None):
             raise SettingsError(field.name, f"must be a tuple of values, got {value!r}")
         if check is not None and value is not None and not check.holds(value):
             raise SettingsError(field.name, check.message)
@@ -212,8 +212,8 @@ def config_arguments(settings_type: type, config: dict) -> list[str]:
                 raise SettingsError(key, f"must be true or false in the config file, got {value!r}")
             arguments.append(flag_of(key) if value else "--no-" + key.replace("_", "-"))
         elif typing.get_origin(base) is tuple:
-            values = list(value) if isinstance(value, list | tuple) else [value]
-            if values:  # an empty list keeps the default
+            values = list(value) if isinstance(value, list | tuple) else [] if value is None else [value]
+            if values:  # an empty list (or null) keeps the default
                 arguments += [flag_of(key), *map(str, values)]
         elif fields[key].metadata.get("positional"):
             arguments.append(str(value))

@@ -33,7 +33,7 @@ def test_splits_are_fixed_disjoint_and_their_arithmetic_is_right(difficulty):
 def test_records_load_as_problems_and_a_right_tagged_answer_scores_full_marks():
     problem = load_problems("test", "arithmetic:2")[0]
     text = f"<start_working_out>x<end_working_out><SOLUTION>{problem.answer}</SOLUTION>"
-    assert score_completions(None, [text], [problem.answer]).total == [9.5]
+    assert score_completions(None, [text], answer=[problem.answer]).total == [9.5]
 
 
 def test_a_bad_dataset_is_refused_naming_the_flag():

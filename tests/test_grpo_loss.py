@@ -9,7 +9,14 @@ import torch
 from trl.trainer.grpo_trainer import GRPOTrainer
 
 from tests.rounding import gamma
-from trainer.grpo import LossConfig, Normaliser, group_advantages, policy_loss, sampler_importance_weights
+from trainer.grpo import (
+    LossConfig,
+    Normaliser,
+    clipped,
+    group_advantages,
+    policy_loss,
+    sampler_importance_weights,
+)
 
 pytestmark = pytest.mark.numerics
 
@@ -94,7 +101,9 @@ def test_micro_batch_shares_add_up_to_the_whole_batch():
         assert torch.equal(parts_grad, whole_grad)  # each token's gradient is the same product in both
 
 
-def trl_compute_loss(logps, advantages, mask, loss_type, beta, importance_weights, ref_logps, max_completion_length):
+def trl_compute_loss(
+    logps, advantages, mask, loss_type, beta, importance_weights, ref_logps, max_completion_length, old_logps=None
+):
     """Drive TRL 1.16's own ``GRPOTrainer._compute_loss`` on given per-token log-probabilities.
 
     ``_compute_loss`` reads a handful of attributes of the trainer; a stand-in object supplies
@@ -134,6 +143,8 @@ def trl_compute_loss(logps, advantages, mask, loss_type, beta, importance_weight
     }
     if ref_logps is not None:
         inputs["ref_per_token_logps"] = ref_logps
+    if old_logps is not None:
+        inputs["old_per_token_logps"] = old_logps
     return GRPOTrainer._compute_loss(stand_in, model=None, inputs=inputs)
 
 
@@ -146,10 +157,16 @@ def trl_sequence_mask_weights(old_logps, sampler_logps, mask, clip_max):
     return ratio.masked_fill((ratio < -math.inf) | (ratio > clip_max), value=0.0)
 
 
-@pytest.mark.parametrize("loss_type, beta", [("dapo", 0.0), ("grpo", 0.0), ("dr_grpo", 0.0), ("dapo", 0.04)])
-def test_loss_and_gradient_equal_trl(loss_type, beta):
+@pytest.mark.parametrize(
+    "loss_type, beta, later_update",
+    [("dapo", 0.0, False), ("grpo", 0.0, False), ("dr_grpo", 0.0, False), ("dapo", 0.04, False),
+     ("dapo", 0.0, True), ("grpo", 0.0, True), ("dapo", 0.04, True)],
+)  # fmt: skip
+def test_loss_and_gradient_equal_trl(loss_type, beta, later_update):
     """In float64, where rounding (γ_n of 2**-53) is far below any difference of formula: each side
-    rounds a per-token term about 10 times, then sums the 42 tokens."""
+    rounds a per-token term about 10 times, then sums the 42 tokens. ``later_update``: a second
+    update of ``--num-iterations``, the policy moved away from π_old, so the ratio is not 1 and the
+    clip holds some tokens (TRL's ``old_per_token_logps``)."""
     torch.manual_seed(1)
     batch, length, dtype = 6, 7, torch.float64
     mask = (torch.arange(length)[None, :] < torch.tensor([7, 5, 3, 7, 1, 6])[:, None]).to(dtype)
@@ -158,21 +175,28 @@ def test_loss_and_gradient_equal_trl(loss_type, beta):
     trainer_logps = -torch.rand(batch, length, dtype=dtype) * 2
     sampler_logps = (trainer_logps + torch.randn(batch, length, dtype=dtype) * 0.3) * mask
     ref_logps = trainer_logps - torch.rand(batch, length, dtype=dtype) * 0.2 if beta else None
+    old_logps = trainer_logps + torch.randn(batch, length, dtype=dtype) * 0.3 if later_update else None
     weights = sampler_importance_weights(trainer_logps, sampler_logps, mask, clip_max=3.0)
     assert torch.equal(weights, trl_sequence_mask_weights(trainer_logps, sampler_logps, mask, 3.0))
     assert (weights == 0).any() and (weights > 0).any()  # both kinds of sequences present
 
     ours_logps = trainer_logps.clone().requires_grad_()
     normaliser, config = Normaliser(batch, int(mask.sum()), length), LossConfig(loss_type, beta)
-    ours = policy_loss(ours_logps, advantages, mask, normaliser, config, weights, ref_logps)
+    ours = policy_loss(ours_logps, advantages, mask, normaliser, config, weights, ref_logps, old_logps)
     ours.backward()
     trl_logps = trainer_logps.clone().requires_grad_()
     theirs = trl_compute_loss(
-        trl_logps, advantages, mask, loss_type, beta, weights, ref_logps, max_completion_length=length
-    )
+        trl_logps, advantages, mask, loss_type, beta, weights, ref_logps, max_completion_length=length,
+        old_logps=old_logps,
+    )  # fmt: skip
     theirs.backward()
     rounding = 2 * gamma(10 + batch * length, dtype)
     # the terms' absolute sum: every advantage −|A| (the KL term is ≥ 0)
     magnitude = policy_loss(trainer_logps, -advantages.abs(), mask, normaliser, config, weights, ref_logps).item()
     assert abs(ours.item() - theirs.item()) <= rounding * magnitude
     assert torch.allclose(ours_logps.grad, trl_logps.grad, rtol=rounding, atol=rounding * ours_logps.grad.abs().max())
+    if later_update:  # the clip acts: some tokens held, and the gradient is not the unclipped one
+        held = clipped(torch.exp(trainer_logps - old_logps), advantages, config) & mask.bool()
+        assert 0 < held.sum() < mask.sum()
+        if beta == 0:
+            assert (ours_logps.grad[held] == 0).all()  # a held token passes no gradient

@@ -15,7 +15,7 @@ from peft import PeftModel
 from trackio.utils import TRACKIO_DIR
 
 from shared.models import embedded_model_dir
-from shared.rewards import WeightedReward
+from shared.rewards import RewardError, WeightedReward
 from tests.conftest import start_server, stop_server
 from trainer.batching import question_indices
 from trainer.generators import GrpoMathServer
@@ -125,7 +125,7 @@ def test_resume_continues_the_step_counter_and_the_prompt_order(server_url, tmp_
             raise RuntimeError("simulated crash")
         return starts_with_a_numbered_list(completions)
 
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RewardError, match="reward function crashes_in_step_3 raised RuntimeError: simulated crash"):
         train(settings, rewards=(WeightedReward(crashes_in_step_3),))
     server_before = GrpoMathServer(server_url).active_version()
     run_dir = train(replace(settings, resume=True), rewards=EASY_REWARD)
@@ -249,28 +249,39 @@ def test_an_evaluation_pushed_mid_run_does_not_disturb_training(server_url, tmp_
     assert GrpoMathServer(server_url).active_version() == sampled[4] + 1  # the run's last push is latest
 
 
-def test_a_step_with_nan_rewards_is_skipped_and_nothing_is_pushed(server_url, tmp_path):
+def test_a_reward_that_returns_nan_stops_the_run_naming_it_and_keeps_the_checkpoint(server_url, tmp_path):
+    """NaN is no score (None is "does not apply"): the step stops with an error naming the function,
+    before any update; the steps already trained stay checkpointed, and nothing more is pushed."""
     calls = []
 
-    def nan_in_step_2(completions, **kwargs):
+    def nan_in_step_3(completions, **kwargs):
         calls.append(1)
-        return [math.nan if len(calls) == 2 else 1.0 * t.startswith("1.") for t in completions]
+        return [math.nan if len(calls) == 3 else 1.0 * t.startswith("1.") for t in completions]
 
-    settings = settings_for(server_url, tmp_path / "run", max_steps=4, save_every=0, report_to="none")
-    rows = read_metrics(train(settings, rewards=(WeightedReward(nan_in_step_2),)))
-    assert [row["step"] for row in rows] == [1, 2, 3, 4] and [row.get("skipped", 0) for row in rows] == [0, 1, 0, 0]
-    assert rows[1]["skip_reason"] == "NaN/Inf rewards"
-    assert rows[2]["sampled_with_adapter"] == rows[1]["sampled_with_adapter"]  # step 2 pushed nothing
+    settings = settings_for(server_url, tmp_path / "run", max_steps=4, save_every=2, report_to="none")
+    with pytest.raises(RewardError, match="reward function nan_in_step_3 returned nan for completion 0"):
+        train(settings, rewards=(WeightedReward(nan_in_step_3),))
+    rows = read_metrics(tmp_path / "run")
+    assert [row["step"] for row in rows] == [1, 2]
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2").is_dir()
+    assert GrpoMathServer(server_url).active_version() == rows[1]["sampled_with_adapter"] + 1  # step 2's push
 
 
-def test_steps_that_keep_failing_stop_the_run_before_a_bad_adapter_is_pushed(server_url, tmp_path):
-    def always_nan(completions, **kwargs):
-        return [math.nan] * len(completions)
+def test_steps_that_keep_failing_stop_the_run_before_a_bad_adapter_is_pushed(server_url, tmp_path, monkeypatch):
+    """A loss that is NaN every step (here made so) skips each step, pushes nothing, and stops the
+    run after --max-bad-steps of them."""
+    import trainer.step
 
+    real_loss = trainer.step.policy_loss
+    monkeypatch.setattr(trainer.step, "policy_loss", lambda *args, **kwargs: real_loss(*args, **kwargs) * math.nan)
     before = GrpoMathServer(server_url).active_version()
     settings = settings_for(server_url, tmp_path / "run", max_steps=6, save_every=0, report_to="none", max_bad_steps=3)
-    with pytest.raises(TrainingError, match="3 steps in a row skipped \\(NaN/Inf rewards\\)"):
-        train(settings, rewards=(WeightedReward(always_nan),))
+
+    def alternating(completions, **kwargs):  # every group scores unlike: every step trains
+        return [float(index % 2) for index in range(len(completions))]
+
+    with pytest.raises(TrainingError, match="3 steps in a row skipped \\(NaN/Inf loss or gradients\\)"):
+        train(settings, rewards=(WeightedReward(alternating),))
     assert len(read_metrics(tmp_path / "run")) == 3
     assert GrpoMathServer(server_url).active_version() == before  # nothing was pushed
 
@@ -288,7 +299,7 @@ def test_asynchronous_training_lags_one_step_and_the_reward_still_rises(server_u
         return starts_with_a_numbered_list(completions)
 
     settings = settings_for(server_url, tmp_path / "run", max_staleness=1, save_every=4, report_to="none")
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RewardError, match="reward function crashes_in_step_6 raised RuntimeError: simulated crash"):
         train(settings, rewards=(WeightedReward(crashes_in_step_6),))
     run_dir = train(replace(settings, resume=True), rewards=EASY_REWARD)
     rows = read_metrics(run_dir)

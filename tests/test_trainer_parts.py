@@ -11,8 +11,8 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load as load_safetensors
 
-from generator_server.adapters import check_adapter, linear_layer_shapes
-from shared.models import embedded_model_dir
+from generator_server.adapters import check_adapter
+from shared.models import embedded_model_dir, linear_layer_shapes
 from shared.settings import parse_settings
 from tests.rounding import entropy_bound, gamma, head_gradient_bound, log_softmax_bound, unit_roundoff
 from trainer.batching import Sequence, collate, micro_batches, question_indices, same_prompt
@@ -28,8 +28,8 @@ from trainer.policy import (
     nf4_layers,
     prompt_prefix,
 )
-from trainer.settings import TrainSettings
-from trainer.step import backward_micro_batch, backward_share, measure_micro_batch
+from trainer.settings import TrainSettings, resolve
+from trainer.step import Learner, backward_micro_batch, backward_share, measure_micro_batch, to_train, update
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_a_prompt_run_once_for_its_group_gives_the_loss_and_gradients_of_whole_s
             ranks=Ranks(),
             device=torch.device("cpu"),
             lm_head_dtype=torch.float32,
-            head_gradient_in_forward=True,
+            head=HeadLogprobs.apply,
             shared_prompt=shared_prompt,
             loss_config=LossConfig(beta=beta),
         )
@@ -312,14 +312,71 @@ def test_a_prompt_run_once_for_its_group_gives_the_loss_and_gradients_of_whole_s
     assert error(shared_gradient) < 1e-4 and error(without_prompt_backward) > 0.5
 
 
-def test_gradient_checkpointing_is_on_with_cuda_unless_the_prompt_is_shared():
-    """Transformers' checkpointed layers drop a cache, so the two do not run together."""
-    from trainer.train import gradient_checkpointing
+@pytest.mark.numerics
+def test_two_updates_on_one_batch_step_twice_clip_against_the_policy_before_them_and_schedule_once(float32_policy):
+    """``--num-iterations 2``: π_old from one pass without gradients, two AdamW steps on the same
+    batch, the schedule moved once; the second update's ratio has moved (a learning rate large
+    enough to move it past 1 ± ε), so the clip holds some tokens, counted over both updates. The
+    sampler correction is off: ``two_groups``' sampler logprobs (−5) are far from the random
+    tokens' (about −10.6), and weights near 0 would leave nothing to move."""
+    sequences = two_groups()
+    settings = TrainSettings(
+        lora_dropout=0.0,
+        micro_batch_size=2,
+        num_iterations=2,
+        learning_rate=0.05,
+        vllm_importance_sampling_correction=False,
+    )
+    trainable = [p for p in float32_policy.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in trainable]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    run = SimpleNamespace(
+        settings=settings,
+        ranks=Ranks(),
+        device=torch.device("cpu"),
+        lm_head_dtype=torch.float32,
+        head=HeadLogprobs.apply,
+        shared_prompt=True,
+        loss_config=LossConfig(),
+        dequantize_once=False,
+    )
+    trained, normaliser = to_train(sequences, settings)
+    try:
+        stats, optimized = update(
+            run, Learner(float32_policy, optimizer, scheduler), sequences, trained, normaliser, {}
+        )
+    finally:
+        with torch.no_grad():
+            for parameter, value in zip(trainable, before, strict=True):
+                parameter.copy_(value)
+    assert optimized is not None and scheduler.last_epoch == 1
+    assert int(optimizer.state[trainable[0]]["step"]) == 2
+    assert stats.tokens == 35 and stats.clip_tokens == 2 * 35 and 0 < stats.clipped < stats.clip_tokens
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not gradient_checkpointing(TrainSettings(), cpu) and gradient_checkpointing(TrainSettings(), cuda)
-    assert not gradient_checkpointing(TrainSettings(shared_prompt_forward="on"), cuda)
-    assert gradient_checkpointing(TrainSettings(gradient_checkpointing="on"), cpu)
+
+# (settings, CUDA, copy fits in a quarter of free memory) → (checkpointing, shared prompt, dequantise once)
+RESOLVED = [
+    (TrainSettings(), False, True, ("off", "on", "on")),  # CPU: the defaults
+    (TrainSettings(), False, False, ("off", "on", "off")),  # the copy does not fit
+    (TrainSettings(), True, True, ("on", "off", "on")),  # CUDA: checkpointing, so no shared prompt
+    (TrainSettings(shared_prompt_forward="on"), True, True, ("off", "on", "on")),  # sharing turns it off
+    (TrainSettings(gradient_checkpointing="on"), False, True, ("on", "off", "on")),  # asked for on CPU
+    (TrainSettings(gradient_checkpointing="off"), True, False, ("off", "on", "off")),
+    (TrainSettings(shared_prompt_forward="off", dequantize_once="on"), False, False, ("off", "off", "on")),
+    (TrainSettings(load_in_4bit=False), False, None, ("off", "on", "off")),  # no nf4 base: no copy
+]
+
+
+@pytest.mark.parametrize("settings, cuda, fits, expected", RESOLVED)
+def test_every_auto_is_resolved_in_one_place(settings, cuda, fits, expected):
+    """Transformers' checkpointed layers drop a cache, so the shared prompt and checkpointing never
+    run together; the resolved settings hold no auto and pass their own checks again."""
+    copy_bytes = 0 if fits is None else 2**30
+    free_bytes = 2**33 if fits else 2**31
+    resolved = resolve(settings, cuda, copy_bytes, free_bytes)
+    assert (resolved.gradient_checkpointing, resolved.shared_prompt_forward, resolved.dequantize_once) == expected
+    assert TrainSettings(**vars(resolved)) == resolved
 
 
 def test_a_shared_prompt_leaves_its_tokens_out_of_the_rows():
@@ -375,9 +432,11 @@ def test_pushed_adapter_is_peft_format_and_passes_the_server_checks(policy, tmp_
         (["--model", "./no/such/model"], "--model ./no/such/model: no such folder"),
         (["--init-adapter", "/"], "no adapter_config.json"),
         (["--resume"], "--resume needs --output-dir"),
-        (["--reward-weights", "1", "2"], "--reward-weights needs 4 values"),
+        (["--reward-weights", "1", "2"], "--reward-weights needs one weight per --reward-funcs function (4)"),
         (["--loss-type", "ppo"], "invalid choice"),
         (["--lora-target-modules", "q_proj", "lm_head"], "--lora-target-modules cannot name lm_head"),
+        (["--lora-target-modules", "q_proj", "all-linear"], "nor all-linear beside other names"),
+        (["--num-iterations", "0"], "--num-iterations must be at least 1"),
         (
             ["--shared-prompt-forward", "on", "--gradient-checkpointing", "on"],
             "--shared-prompt-forward cannot be on with --gradient-checkpointing on",

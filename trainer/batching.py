@@ -36,6 +36,8 @@ class Sequence:
     completion_token_ids: list[int]
     sampler_logprobs: list[float]
     advantage: float
+    truncated: bool = False  # cut off at the length limit (TRL's mask_truncated_completions masks it)
+    old_logprobs: list[float] | None = None  # the trainer's own, before the batch's first update (μ > 1)
 
     @property
     def tokens(self) -> int:
@@ -53,9 +55,11 @@ class MicroBatch:
     completion_mask: torch.Tensor  # (B, T) True for the first len(completion_i) entries of row i
     sampler_logprobs: torch.Tensor  # (B, T) the sampler's log π of each completion token, 0 on padding
     advantages: torch.Tensor  # (B,)
+    old_logprobs: torch.Tensor | None = None  # (B, T) the trainer's before the first update, where known
 
     def to(self, device: torch.device) -> "MicroBatch":
-        return MicroBatch(**{field.name: getattr(self, field.name).to(device) for field in fields(self)})
+        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        return MicroBatch(**{name: None if value is None else value.to(device) for name, value in values.items()})
 
 
 def same_prompt(sequences: list[Sequence]) -> list[list[Sequence]]:
@@ -94,6 +98,8 @@ def collate(
     completion_positions = torch.zeros(count, longest, dtype=torch.bool)
     completion_mask = torch.zeros(count, longest_completion, dtype=torch.bool)
     sampler_logprobs = torch.zeros(count, longest_completion)
+    with_old = all(s.old_logprobs is not None for s in sequences)
+    old_logprobs = torch.zeros(count, longest_completion) if with_old else None
     for row, sequence in enumerate(sequences):
         prompt_token_ids = sequence.prompt_token_ids[skipped_prompt_tokens:]
         prompt, completion = len(prompt_token_ids), len(sequence.completion_token_ids)
@@ -102,7 +108,9 @@ def collate(
         completion_positions[row, prompt : prompt + completion] = True
         completion_mask[row, :completion] = True
         sampler_logprobs[row, :completion] = torch.tensor(sequence.sampler_logprobs)
+        if with_old:
+            old_logprobs[row, :completion] = torch.tensor(sequence.old_logprobs)
     advantages = torch.tensor([s.advantage for s in sequences])
     return MicroBatch(
-        input_ids, attention_mask, completion_positions, completion_mask, sampler_logprobs, advantages
+        input_ids, attention_mask, completion_positions, completion_mask, sampler_logprobs, advantages, old_logprobs
     ).to(device)

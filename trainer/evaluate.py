@@ -25,6 +25,7 @@ from typing import Literal
 from shared.datasets import dataset_problem, load_problems
 from shared.gsm8k import BUNDLED, MathProblem
 from shared.protocol import AdapterUpload
+from shared.rewards import DEFAULT_REWARD_FUNCS, REWARD_FUNCS_HELP, load_rewards, reward_function_problem
 from shared.settings import Check, SettingsError, at_least, check_fields, parse_settings, read_api_key, require, setting
 from trainer.evaluation import RATE_METRICS, bar_chart, evaluate
 from trainer.generators import GeneratorError, connect_generator, wait_until_healthy
@@ -62,6 +63,7 @@ class EvalSettings:
     temperature: float = setting(0.0, "0 = greedy", check=Check(lambda v: v >= 0, "must be >= 0"))
     max_completion_length: int = setting(512, "most tokens per completion", check=at_least(1))
     output_dir: str | None = setting(None, "none = evals/<model-or-adapter>-<time>")
+    reward_funcs: tuple[str, ...] = setting(DEFAULT_REWARD_FUNCS, REWARD_FUNCS_HELP + "; each one's mean is reported")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -73,6 +75,8 @@ class EvalSettings:
         for folder in self.adapter:
             require(AdapterUpload.is_adapter_folder(folder), "adapter", f"{folder}: not a PEFT adapter folder")
         require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
+        for spec in self.reward_funcs:
+            require(reward_function_problem(spec) is None, "reward_funcs", reward_function_problem(spec) or "")
         require(self.num_generations == 1 or self.temperature > 0, "num_generations", "k > 1 needs --temperature > 0")
 
 
@@ -129,6 +133,7 @@ def run_eval(settings: EvalSettings) -> Path:
                 settings.temperature,
                 settings.max_completion_length,
                 batch_size=min(32, limits.max_prompts),
+                rewards=load_rewards(settings.reward_funcs),
             )
             summaries[name] = {"adapter_version": version, **summary}
             for row in rows:

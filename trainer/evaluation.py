@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from shared.gsm8k import MathProblem
 from shared.protocol import GenerateRequest
-from shared.rewards import REWARD_FUNCTIONS, STRICT_FORMAT, score_completions
+from shared.rewards import REWARD_FUNCTIONS, STRICT_FORMAT, WeightedReward, score_completions
 from trainer.generators import Generator, GeneratorError
 
 NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -125,8 +125,10 @@ def summarise(rows: list[dict], num_generations: int) -> dict:
     for name, count in counts.items():
         low, high = wilson_interval(count, total)
         summary[name] = {"value": count / total, "successes": count, "ci95": [low, high]}
-    for reward in REWARD_FUNCTIONS:
-        summary[f"reward/{reward.name}"] = sum(r["rewards"][reward.name] for r in rows) / total
+    for name in rows[0]["rewards"]:  # each reward's mean over the completions it applied to (NaN: None)
+        applied = [r["rewards"][name] for r in rows if not math.isnan(r["rewards"][name])]
+        if applied:
+            summary[f"reward/{name}"] = sum(applied) / len(applied)
     summary["completion_length_mean"] = sum(r["tokens"] for r in rows) / total
     if num_generations > 1:
         by_question: dict[int, list[dict]] = {}
@@ -160,9 +162,11 @@ def evaluate(
     max_completion_length: int = 512,
     batch_size: int = 32,
     progress: bool = True,
+    rewards: tuple[WeightedReward, ...] = REWARD_FUNCTIONS,
 ) -> tuple[dict, list[dict]]:
     """Sample every question ``num_generations`` times with one adapter version (None: the base
-    model); return (summary, one row per completion). A reply from another version is an error."""
+    model); return (summary, one row per completion), ``rewards`` scored on each. A reply from
+    another version is an error."""
     rows = []
     batches = [problems[start : start + batch_size] for start in range(0, len(problems), batch_size)]
     for batch in tqdm(
@@ -181,7 +185,13 @@ def evaluate(
             raise GeneratorError(f"asked for adapter version {adapter_version}, got {reply.adapter_version}")
         texts = [c.text for group in reply.groups for c in group.completions]
         answers = [problem.answer for _, problem in batch for _ in range(num_generations)]
-        scores = score_completions(None, texts, answers).per_function
+        scores = score_completions(
+            [problem.prompt for _, problem in batch for _ in range(num_generations)],
+            texts,
+            rewards,
+            completion_ids=[c.token_ids for group in reply.groups for c in group.completions],
+            answer=answers,
+        ).per_function
         for position, ((index, problem), group) in enumerate(zip(batch, reply.groups)):
             for sample, completion in enumerate(group.completions):
                 flat = position * num_generations + sample

@@ -21,15 +21,25 @@ LossType = Literal["grpo", "dapo", "dr_grpo"]
 def group_advantages(rewards: torch.Tensor, scale: bool = True) -> torch.Tensor:
     """(num_prompts, G) rewards → (num_prompts, G) advantages: ``(r − group mean) / (group std + 1e-4)``
     with the unbiased std, or only centred when ``scale`` is off (TRL's ``scale_rewards="none"``).
+    A NaN reward (no reward function applied to that completion) is left out of its group's mean
+    and std and gets advantage 0, as in TRL.
 
     >>> group_advantages(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
     tensor([[-0.7071,  0.7071],
             [ 0.0000,  0.0000]])
+    >>> group_advantages(torch.tensor([[1.0, 3.0, float("nan")]]))
+    tensor([[-0.7071,  0.7071,  0.0000]])
     """
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
-    if not scale:
-        return centred
-    return centred / (rewards.std(dim=1, keepdim=True) + 1e-4)
+    unscorable = rewards.isnan()  # (P, G)
+    if unscorable.any():
+        mean = rewards.nanmean(dim=1, keepdim=True)  # (P, 1)
+        count = (~unscorable).sum(dim=1, keepdim=True)  # (P, 1)
+        std = (((rewards - mean) ** 2).nansum(dim=1, keepdim=True) / (count - 1)).sqrt()  # unbiased, NaN below 2
+    else:  # the same values, computed as they always were
+        mean, std = rewards.mean(dim=1, keepdim=True), rewards.std(dim=1, keepdim=True)
+    centred = rewards - mean
+    advantages = centred / (std + 1e-4) if scale else centred
+    return advantages.masked_fill(unscorable | advantages.isnan(), 0.0)
 
 
 def sampler_importance_weights(
@@ -75,13 +85,15 @@ def policy_loss(
     config: LossConfig,
     importance_weights: torch.Tensor | None = None,
     ref_logps: torch.Tensor | None = None,
+    old_logps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A micro-batch's share of the clipped GRPO loss.
 
-    ``logps`` (B, T) carries the gradient; with one update per batch its detached value is the
-    "old" policy, so the ratio is 1 in value and the clip is inactive, exactly as in TRL when
-    ``num_iterations == 1``. ``advantages`` (B,); ``importance_weights`` (B, 1) from
-    ``sampler_importance_weights`` or None; ``ref_logps`` (B, T) when ``beta > 0``.
+    ``logps`` (B, T) carries the gradient. ``old_logps`` (B, T): the policy before the batch's first
+    update (``--num-iterations`` μ > 1: the ratio moves from the second update on, and the clip
+    acts); None: ``logps`` detached, so the ratio is 1 in value and the clip is inactive, exactly
+    as in TRL when ``num_iterations == 1``. ``advantages`` (B,); ``importance_weights`` (B, 1)
+    from ``sampler_importance_weights`` or None; ``ref_logps`` (B, T) when ``beta > 0``.
 
     >>> logps = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
     >>> mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
@@ -90,7 +102,7 @@ def policy_loss(
     (-0.3333333432674408, tensor([[-0.3333, -0.3333],
             [ 0.3333,  0.0000]]))
     """
-    ratio = torch.exp(logps - logps.detach())  # (B, T), 1.0 in value
+    ratio = torch.exp(logps - (logps.detach() if old_logps is None else old_logps))  # (B, T)
     clipped = torch.clamp(ratio, 1 - config.epsilon_low, 1 + config.epsilon_high)
     advantages = advantages.unsqueeze(1)  # (B, 1)
     per_token = -torch.min(ratio * advantages, clipped * advantages)  # (B, T)
@@ -108,3 +120,17 @@ def policy_loss(
     if config.loss_type == "dr_grpo":  # token sum over a constant: sequences × max length
         return masked.sum() / (normaliser.sequences * normaliser.max_completion_length)
     raise ValueError(f"unknown loss_type {config.loss_type!r}")
+
+
+def clipped(ratio: torch.Tensor, advantages: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """(B, T) ratios π/π_old, (B,) advantages → (B, T) True where the clip took the gradient away:
+    below 1 − ε_low with a negative advantage, above 1 + ε_high with a positive one (TRL's
+    ``clip_ratio/region_mean``).
+
+    >>> clipped(torch.tensor([[0.7, 1.0, 1.3]]), torch.tensor([-1.0]), LossConfig())
+    tensor([[ True, False, False]])
+    """
+    advantages = advantages.unsqueeze(1)
+    low = (ratio < 1 - config.epsilon_low) & (advantages < 0)
+    high = (ratio > 1 + config.epsilon_high) & (advantages > 0)
+    return low | high

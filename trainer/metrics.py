@@ -5,6 +5,8 @@ the strings. docs/metrics.md describes each one.
 """
 
 import dataclasses
+import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -39,18 +41,44 @@ SAMPLER_GAP = "sampler_gap/mean_abs_logprob_diff"
 SAMPLER_GAP_KL = "sampler_gap/kl"
 IMPORTANCE_WEIGHT_MEAN = "importance_weight_mean"
 IMPORTANCE_DROPPED_FRACTION = "importance_dropped_fraction"
+CLIP_RATIO = "clip_ratio/region_mean"  # tokens whose ratio the clip held, over every update of the batch (TRL's)
 SKIPPED = "skipped"
 SKIP_REASON = "skip_reason"
 PHASES = ("sample", "score", "train", "optimizer", "push")  # train_step's timed phases, in order
 
 
-def reward_key(reward_name: str) -> str:
-    """A reward function's mean over the step's completions.
+def reward_key(reward_name: str, statistic: str = "mean") -> str:
+    """A reward function's mean (or std) over the step's completions it applied to (TRL's names).
 
-    >>> reward_key("check_answer_correctness")
-    'rewards/check_answer_correctness'
+    >>> reward_key("check_answer_correctness"), reward_key("check_answer_correctness", "std")
+    ('rewards/check_answer_correctness/mean', 'rewards/check_answer_correctness/std')
     """
-    return f"rewards/{reward_name}"
+    return f"rewards/{reward_name}/{statistic}"
+
+
+def is_reward_mean(key: str) -> bool:
+    """Whether ``key`` is one reward function's mean (``reward_key``).
+
+    >>> is_reward_mean("rewards/f/mean"), is_reward_mean("rewards/f/std"), is_reward_mean("reward")
+    (True, False, False)
+    """
+    return key.startswith("rewards/") and key.endswith("/mean")
+
+
+def reward_statistics(per_function: dict[str, list[float]]) -> dict[str, float]:
+    """Each reward function's mean and (unbiased) std over the completions it applied to (NaN: it
+    returned None); a function that applied to none has no entry.
+
+    >>> reward_statistics({"f": [1.0, 3.0, float("nan")], "g": [float("nan")]})
+    {'rewards/f/mean': 2.0, 'rewards/f/std': 1.4142135623730951}
+    """
+    row = {}
+    for name, values in per_function.items():
+        applied = [value for value in values if not math.isnan(value)]
+        if applied:
+            row[reward_key(name)] = sum(applied) / len(applied)
+            row[reward_key(name, "std")] = statistics.stdev(applied) if len(applied) > 1 else 0.0
+    return row
 
 
 def time_key(phase: str) -> str:
@@ -84,6 +112,8 @@ class LossStats:
     kl_gap: float = 0.0  # k3 estimate of KL(sampler‖trainer), summed over tokens
     importance_weight: float = 0.0  # π_trainer/π_sampler, summed over sequences
     dropped: int = 0  # sequences whose importance weight exceeded the cap
+    clipped: int = 0  # trained tokens whose ratio π/π_old the clip held (only with --num-iterations > 1)
+    clip_tokens: int = 0  # trained tokens the clip was judged on, over every update
 
     def __add__(self, other: "LossStats") -> "LossStats":
         return LossStats(*(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)))
@@ -110,7 +140,7 @@ def metrics_row(
     push_load_ms: float,
     timings: dict[str, float],
 ) -> dict[str, float]:
-    """The step's row. ``rewards``: (P, G) weighted totals; ``strictly_correct``: one verdict per
+    """The step's row. ``rewards``: (P, G) weighted totals (NaN: unscorable); ``strictly_correct``: one verdict per
     completion (P·G), strict format and the right answer."""
     completions = [completion for group in reply.groups for completion in group.completions]
     lengths = [len(completion.token_ids) for completion in completions]
@@ -120,9 +150,9 @@ def metrics_row(
         SAMPLED_WITH_ADAPTER: -1 if reply.adapter_version is None else reply.adapter_version,
         STALENESS: staleness,
         STALE_BATCHES_DROPPED: stale_batches_dropped,
-        REWARD: rewards.mean().item(),
-        REWARD_STD: rewards.std().item(),
-        **{reward_key(name): sum(values) / len(values) for name, values in scores.per_function.items()},
+        REWARD: rewards.nanmean().item(),  # NaN: a completion no reward function applied to
+        REWARD_STD: rewards[~rewards.isnan()].std().item(),
+        **reward_statistics(scores.per_function),
         STRICT_ACCURACY: sum(strictly_correct) / len(strictly_correct),
         ZERO_STD_GROUPS: int((rewards.std(dim=1) == 0).sum()),
         SEQUENCES_TRAINED: stats.sequences,
@@ -147,13 +177,15 @@ def metrics_row(
     if stats.sequences:  # the sequences trained on
         row[IMPORTANCE_WEIGHT_MEAN] = stats.importance_weight / stats.sequences
         row[IMPORTANCE_DROPPED_FRACTION] = stats.dropped / stats.sequences
+    if stats.clip_tokens:
+        row[CLIP_RATIO] = stats.clipped / stats.clip_tokens
     return row
 
 
 def skipped_row(
     step: int, first_question_index: int, adapter_version: int | None, reason: str, timings: dict[str, float]
 ) -> dict:
-    """The row of a step whose rewards, loss or gradients were not finite."""
+    """The row of a step whose loss or gradients were not finite."""
     return {
         STEP: step,
         FIRST_QUESTION_INDEX: first_question_index,

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from torch.utils.checkpoint import checkpoint
 
 from shared.models import nf4_quantization_config
 from shared.protocol import AdapterUpload
@@ -56,7 +55,7 @@ def load_policy(
         model_path, quantization_config=quantization, dtype=compute_dtype, device_map={"": device}
     )
     if gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(base)
     if init_adapter is not None:
         policy = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
         logger.info("LoRA adapter initialised from %s", init_adapter)
@@ -65,7 +64,9 @@ def load_policy(
             r=lora.lora_r,
             lora_alpha=lora.lora_alpha,
             lora_dropout=lora.lora_dropout,
-            target_modules=list(lora.lora_target_modules),
+            target_modules=(
+                "all-linear" if tuple(lora.lora_target_modules) == ("all-linear",) else list(lora.lora_target_modules)
+            ),
             bias="none",
             task_type="CAUSAL_LM",
         )
@@ -82,6 +83,13 @@ def load_policy(
         trainable,
     )
     return policy
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Activation checkpointing in every decoder layer (non-reentrant: LoRA's inputs need no
+    gradient of their own), on the base model or on the PEFT model around it."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def nf4_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -137,17 +145,19 @@ def nf4_dequantized_once(policy: PeftModel, enabled: bool = True) -> Iterator[No
             put(name, layer)
 
 
-def dequantize_once_fits(policy: PeftModel, device: torch.device) -> bool:
-    """``--dequantize-once auto``: whether the dequantised copy of the nf4 base takes under a quarter
-    of the memory free now (the device's, or the machine's on CPU)."""
-    copy_bytes = sum(layer.in_features * layer.out_features * 2 for _, layer in nf4_layers(policy))
-    if device.type == "cuda":
-        free_bytes = torch.cuda.mem_get_info(device)[0]
-    else:
-        import psutil
+def dequantized_copy_bytes(policy: PeftModel) -> int:
+    """What ``nf4_dequantized_once``'s copy of the nf4 base takes: 2 bytes a base parameter (0 without
+    an nf4 base)."""
+    return sum(layer.in_features * layer.out_features * 2 for _, layer in nf4_layers(policy))
 
-        free_bytes = psutil.virtual_memory().available
-    return 0 < copy_bytes < free_bytes / 4
+
+def free_memory_bytes(device: torch.device) -> int:
+    """The memory free now: the device's, or the machine's on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def head_logprobs(
@@ -205,37 +215,6 @@ class HeadLogprobs(torch.autograd.Function):
         return hidden_gradient, None, None, None, None, None
 
 
-def checkpointed_head_logprobs(
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    head_weight: torch.Tensor,
-    temperature: float,
-    head_dtype: torch.dtype,
-    chunk_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``head_logprobs``'s log-probabilities and entropies with the gradient left to autograd: each
-    chunk under activation checkpointing (its logits are computed again for the backward)."""
-
-    def chunk_logprobs(hidden_rows: torch.Tensor, target_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = (hidden_rows.to(head_dtype) @ head_weight.to(head_dtype).T).float() / temperature  # (n, vocab)
-        log_normaliser = torch.logsumexp(logits, dim=-1)  # (n,)
-        logprobs = logits.gather(1, target_rows[:, None]).squeeze(1) - log_normaliser
-        with torch.no_grad():
-            entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-        return logprobs, entropy
-
-    chunks = [
-        checkpoint(
-            chunk_logprobs,
-            hidden[start : start + chunk_tokens],
-            targets[start : start + chunk_tokens],
-            use_reentrant=False,
-        )
-        for start in range(0, targets.numel(), chunk_tokens)
-    ]
-    return torch.cat([logprobs for logprobs, _ in chunks]), torch.cat([entropy for _, entropy in chunks])
-
-
 @dataclass(frozen=True)
 class PromptPrefix:
     """A prompt's keys and values in every layer, computed once for the completions that share it:
@@ -285,16 +264,16 @@ def completion_logprobs(
     temperature: float,
     chunk_tokens: int = 1024,
     head_dtype: torch.dtype = torch.float32,
-    head_gradient_in_forward: bool = True,
     prefix: PromptPrefix | None = None,
+    head=HeadLogprobs.apply,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of ``batch``'s completion tokens: two (B, T) tensors, zero on
     padding: log π(token) after temperature (with gradient) and the entropy of π at that position
     (without). ``head_dtype``: the LM head's matrix product (``--lm-head-dtype``).
-    ``head_gradient_in_forward=False``: the head's gradient by autograd under activation
-    checkpointing instead of ``HeadLogprobs`` (the same values; the update probe's reference).
     ``prefix``: the rows' shared prompt, whose tokens ``batch`` leaves out (``collate``'s
-    ``skipped_prompt_tokens``)."""
+    ``skipped_prompt_tokens``). ``head``: what computes the scored tokens' log-probabilities and
+    entropies, with their gradient, from ``(hidden states, targets, head weight, temperature,
+    head dtype, chunk tokens)``: ``HeadLogprobs`` (the update probe passes autograd's reference)."""
     causal_lm = policy.get_base_model()
     attention_mask, cache = batch.attention_mask, None  # (B, L)
     if prefix is not None:
@@ -308,13 +287,11 @@ def completion_logprobs(
     predictor_states = hidden[:, :-1][scored]  # (N, H), N = completion tokens in the micro-batch
     targets = batch.input_ids[:, 1:][scored]  # (N,)
     head_weight = causal_lm.get_output_embeddings().weight  # (vocab, H)
-    head = (predictor_states, targets, head_weight, temperature, head_dtype, chunk_tokens)
-    if not (torch.is_grad_enabled() and predictor_states.requires_grad):
-        flat_logprobs, flat_entropies, _ = head_logprobs(*head, with_gradient=False)
-    elif head_gradient_in_forward:
-        flat_logprobs, flat_entropies = HeadLogprobs.apply(*head)  # (N,), (N,)
+    scoring = (predictor_states, targets, head_weight, temperature, head_dtype, chunk_tokens)
+    if torch.is_grad_enabled() and predictor_states.requires_grad:
+        flat_logprobs, flat_entropies = head(*scoring)  # (N,), (N,)
     else:
-        flat_logprobs, flat_entropies = checkpointed_head_logprobs(*head)
+        flat_logprobs, flat_entropies, _ = head_logprobs(*scoring, with_gradient=False)
     logprobs = torch.zeros(batch.completion_mask.shape, dtype=flat_logprobs.dtype, device=flat_logprobs.device)
     entropies = torch.zeros_like(logprobs)
     # row-major order of both masks lines the N scored tokens up with the (B, T) completion slots

@@ -19,11 +19,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shared.rewards import REWARD_FUNCTIONS  # noqa: E402
 from shared.settings import Check, check_fields, parse_settings, require, setting  # noqa: E402
 from trainer import metrics as names  # noqa: E402
 
-REWARD_KEYS = (names.REWARD, *(names.reward_key(reward.name) for reward in REWARD_FUNCTIONS))
 TIME_KEYS = tuple(names.time_key(phase) for phase in names.PHASES)
 SAMPLED_RATES = (names.FORMAT_EXACT_RATE, names.STRICT_ACCURACY)
 
@@ -56,7 +54,7 @@ def plot_lines(axis, rows: list[dict], keys: tuple[str, ...], title: str, smooth
             marker="o",
             markersize=3,
             alpha=0.45 if smoothed else 1.0,
-            label=key.removeprefix("rewards/").removeprefix("eval/"),
+            label=key.removeprefix("rewards/").removesuffix("/mean").removeprefix("eval/"),
         )
         if smoothed:
             axis.plot(steps, smooth(values), color=line.get_color(), linewidth=2)
@@ -73,8 +71,9 @@ def render(run_dir: Path) -> list[Path]:
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     eval_keys = tuple(sorted({key for row in rows for key in row if key.startswith(names.eval_key(""))}))
+    reward_keys = (names.REWARD, *dict.fromkeys(key for row in rows for key in row if names.is_reward_mean(key)))
     figures = {
-        "rewards.png": [(REWARD_KEYS, "reward by step (thick: mean of the last 5)", True)],
+        "rewards.png": [(reward_keys, "reward by step (thick: mean of the last 5)", True)],
         "format.png": [(SAMPLED_RATES, "sampled completions: strict format, right answer", True)],
         "length.png": [
             ((names.COMPLETION_LENGTH_MEAN, names.COMPLETION_LENGTH_MAX), "completion tokens", False),
@@ -82,7 +81,7 @@ def render(run_dir: Path) -> list[Path]:
         ],
         "timing.png": [(TIME_KEYS + (names.STEP_SECONDS,), "seconds per step", False)],
         "overview.png": [
-            (REWARD_KEYS, "reward by step (thick: mean of the last 5)", True),
+            (reward_keys, "reward by step (thick: mean of the last 5)", True),
             (SAMPLED_RATES, "sampled completions: strict format, right answer", True),
         ],
     }

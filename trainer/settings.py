@@ -5,6 +5,7 @@ Defaults are the original recipe's (a GPU run of Qwen2.5-3B-Instruct); names fol
 ``grpo_math/recipe.py``.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,7 +13,13 @@ from typing import Literal
 from shared.datasets import dataset_problem
 from shared.models import is_missing_folder
 from shared.protocol import AdapterUpload, HealthResponse
-from shared.rewards import REWARD_FUNCTIONS
+from shared.rewards import (
+    DEFAULT_REWARD_FUNCS,
+    REWARD_FUNCS_HELP,
+    WeightedReward,
+    load_rewards,
+    reward_function_problem,
+)
 from shared.settings import Check, SettingsError, at_least, check_fields, positive, read_api_key, require, setting
 from shared.versions import adapter_keep_for
 
@@ -52,13 +59,14 @@ class TrainSettings:
     max_sampler_gap: float | None = setting(
         0.1,
         "mean |log π_trainer − log π_sampler| per token above which the server is taken not to serve the adapter "
-        "pushed: push it again once, stop if a batch sampled after that is still above (healthy runs measure "
-        "0.005-0.04); judged on batches sampled with the trainer's own weights (staleness 0); none = never check",
+        "pushed: push it again once, stop if a batch sampled after that is still above (healthy runs measure far "
+        "less: docs/reliability.md); judged on batches sampled with the trainer's own weights (staleness 0); "
+        "none = never check",
         check=positive(),
     )
     max_bad_steps: int = setting(
         3,
-        "steps in a row with NaN/Inf rewards, loss or gradients (each skipped) before the run stops",
+        "steps in a row with NaN/Inf loss or gradients (each skipped) before the run stops",
         check=at_least(1),
     )
     model: str = setting(
@@ -101,16 +109,24 @@ class TrainSettings:
     scale_rewards: Literal["group", "none"] = setting(
         "group", "group: divide advantages by the group's std (+1e-4); none: only centre them"
     )
+    num_iterations: int = setting(
+        1,
+        "updates per sampled batch (TRL's μ): π_old is the policy before the first, so from the second on the "
+        "ratio moves and --epsilon / --epsilon-high clip it; the schedule steps once per batch",
+        check=at_least(1),
+    )
+    mask_truncated_completions: bool = setting(
+        False, "completions cut off at --max-completion-length count in no loss, nor their tokens in its normaliser"
+    )
     vllm_importance_sampling_correction: bool = setting(
         True, "weight sequences by π_trainer/π_sampler (TRL's sequence_mask)"
     )
     vllm_importance_sampling_clip_max: float = setting(
         3.0, "sequences whose weight exceeds this are dropped", check=positive()
     )
-    reward_weights: tuple[float, ...] = setting(
-        (1.0, 1.0, 1.0, 1.0),
-        "weights of " + ", ".join(reward.name for reward in REWARD_FUNCTIONS),
-        check=Check(lambda v: len(v) == len(REWARD_FUNCTIONS), f"needs {len(REWARD_FUNCTIONS)} values"),
+    reward_funcs: tuple[str, ...] = setting(DEFAULT_REWARD_FUNCS, REWARD_FUNCS_HELP)
+    reward_weights: tuple[float, ...] | None = setting(
+        None, "one weight per --reward-funcs function, for their weighted sum; none: 1.0 each (TRL's default)"
     )
     load_in_4bit: bool = setting(True, "nf4 double-quant base (bitsandbytes)")
     lora_r: int = setting(16, "LoRA rank", check=at_least(1))
@@ -118,10 +134,11 @@ class TrainSettings:
     lora_dropout: float = setting(0.1, "LoRA dropout", check=Check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     lora_target_modules: tuple[str, ...] = setting(
         ("q_proj", "v_proj"),
-        "modules that get LoRA",
+        "modules that get LoRA; all-linear = every linear layer but the LM head (PEFT's shorthand)",
         check=Check(
-            lambda v: not {"lm_head", "embed_tokens"} & set(v),
-            "cannot name lm_head or embed_tokens: log-probabilities are scored through the LM head's frozen weight",
+            lambda v: not {"lm_head", "embed_tokens"} & set(v) and ("all-linear" not in v or len(v) == 1),
+            "cannot name lm_head or embed_tokens (log-probabilities are scored through the LM head's frozen "
+            "weight), nor all-linear beside other names",
         ),
     )
     gradient_checkpointing: Literal["auto", "on", "off"] = setting(
@@ -153,7 +170,12 @@ class TrainSettings:
     )
     eval_limit: int = setting(32, "evaluation questions: the first N of the test split", check=at_least(1))
     report_to: Literal["trackio", "none"] = setting("trackio", "trackio (offline store) besides metrics.jsonl")
-    server_timeout: float = setting(60.0, "seconds to wait for the server to be ready at start", check=at_least(0))
+    server_timeout: float = setting(
+        600.0,
+        "seconds to wait for the server to be ready at start (a server started just before may still be loading "
+        "its model: minutes on a first GPU start, about a minute and a half for a CPU engine)",
+        check=at_least(0),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -164,6 +186,17 @@ class TrainSettings:
             "is needed with --generator vllm: the server loads adapters from a folder",
         )
         require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
+        require(
+            self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
+            "reward_weights",
+            f"needs one weight per --reward-funcs function ({len(self.reward_funcs)}), got {self.reward_weights}",
+        )
+        for spec in self.reward_funcs:
+            require(reward_function_problem(spec) is None, "reward_funcs", reward_function_problem(spec) or "")
+        names = [spec.rpartition(":")[2] for spec in self.reward_funcs]
+        require(
+            len(set(names)) == len(names), "reward_funcs", f"two functions share a name: {names} (metrics name each)"
+        )
         require(not self.resume or self.output_dir is not None, "resume", "needs --output-dir (the run to continue)")
         require(
             not (self.shared_prompt_forward == "on" and self.gradient_checkpointing == "on"),
@@ -185,6 +218,44 @@ class TrainSettings:
 
     def api_key(self) -> str | None:
         return read_api_key(self.api_key_file)
+
+    def rewards(self) -> tuple[WeightedReward, ...]:
+        """``--reward-funcs`` loaded, each with its ``--reward-weights`` weight.
+
+        >>> [(reward.name, reward.weight) for reward in TrainSettings(reward_weights=(1, 0, 2, 1)).rewards()][2]
+        ('check_answer_correctness', 2)
+        """
+        return load_rewards(self.reward_funcs, self.reward_weights)
+
+
+def resolve(settings: TrainSettings, cuda: bool, dequantized_copy_bytes: int, free_memory_bytes: int) -> TrainSettings:
+    """The settings with every ``auto`` made ``on`` or ``off`` for this machine, in one place:
+
+    - ``--gradient-checkpointing``: on with CUDA (activations dominate a GPU's memory), off on CPU,
+      and off wherever the prompt is shared (transformers' checkpointed layers drop its cache);
+    - ``--shared-prompt-forward``: on wherever gradient checkpointing is off;
+    - ``--dequantize-once``: on where the dequantised copy of the nf4 base (``dequantized_copy_bytes``;
+      0 without an nf4 base) takes under a quarter of the free memory.
+
+    ``--lm-head-dtype compute`` stays as it is: the compute dtype is the device's (bf16 on CPU, fp16
+    on GPU). A run writes these settings to its ``settings.json``.
+
+    >>> on_cpu = resolve(TrainSettings(), cuda=False, dequantized_copy_bytes=2**28, free_memory_bytes=2**33)
+    >>> on_cpu.gradient_checkpointing, on_cpu.shared_prompt_forward, on_cpu.dequantize_once
+    ('off', 'on', 'on')
+    """
+    checkpointing = settings.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = "on" if cuda and settings.shared_prompt_forward != "on" else "off"
+    shared_prompt = settings.shared_prompt_forward
+    if shared_prompt == "auto":
+        shared_prompt = "on" if checkpointing == "off" else "off"
+    dequantize = settings.dequantize_once
+    if dequantize == "auto":
+        dequantize = "on" if 0 < dequantized_copy_bytes < free_memory_bytes / 4 else "off"
+    return dataclasses.replace(
+        settings, gradient_checkpointing=checkpointing, shared_prompt_forward=shared_prompt, dequantize_once=dequantize
+    )
 
 
 def check_against_server(settings: TrainSettings, health: HealthResponse) -> None:

@@ -22,9 +22,9 @@ import torch
 
 from shared.datasets import dataset_problem, load_problems
 from shared.gsm8k import MathProblem, solution_reasoning
-from shared.models import resolve_model
+from shared.models import local_model_problems, resolve_model
 from shared.prompting import format_reference_completion
-from shared.settings import at_least, check_fields, parse_settings, positive, require, setting
+from shared.settings import SettingsError, at_least, check_fields, parse_settings, positive, require, setting
 from trainer.policy import load_policy
 from trainer.settings import TrainSettings
 
@@ -47,7 +47,10 @@ class SFTSettings:
     lora_r: int = setting(TrainSettings.lora_r, "LoRA rank", check=at_least(1))
     lora_alpha: int = setting(TrainSettings.lora_alpha, "LoRA alpha", check=positive())
     lora_dropout: float = setting(TrainSettings.lora_dropout, "LoRA dropout")
-    lora_target_modules: tuple[str, ...] = setting(TrainSettings.lora_target_modules, "modules that get LoRA")
+    lora_target_modules: tuple[str, ...] = setting(
+        TrainSettings.lora_target_modules,
+        "modules that get LoRA; all-linear = every linear layer but the LM head (PEFT's shorthand)",
+    )
     report_to: Literal["trackio", "none"] = setting("trackio", "log the loss to trackio (offline store)")
 
     def __post_init__(self) -> None:
@@ -62,7 +65,10 @@ def sft_example(problem: MathProblem) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_sft(parse_settings(SFTSettings, argv, prog="grpo-math sft", description=__doc__))
+    try:
+        run_sft(parse_settings(SFTSettings, argv, prog="grpo-math sft", description=__doc__))
+    except SettingsError as error:  # what the model lacks, found before its weights load
+        raise SystemExit(f"grpo-math sft: error: {error}") from None
     return 0
 
 
@@ -75,6 +81,8 @@ def run_sft(settings: SFTSettings) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(settings.seed)
     model_path = resolve_model(settings.model)
+    for flag, message in local_model_problems(model_path, settings.lora_target_modules):  # before weights load
+        raise SettingsError(flag, message)
     policy = load_policy(
         model_path, settings, init_adapter=None, gradient_checkpointing=device.type == "cuda", device=device
     )

@@ -2,8 +2,9 @@
 its adapter back to it after every step.
 
 The run, top to bottom: connect to the server and check the settings against its limits (before
-any model loads) → the run folder, the policy (nf4 base + LoRA), AdamW and the schedule, restored
-from the newest checkpoint with ``--resume`` → push a trained starting adapter (resumed, or
+any model loads) → the policy (nf4 base + LoRA), AdamW and the schedule, restored from the newest
+checkpoint with ``--resume`` → every ``auto`` setting resolved (``trainer.settings.resolve``),
+logged and written to the run folder's ``settings.json`` → push a trained starting adapter (resumed, or
 ``--init-adapter``) → step after step: ``train_step`` (``trainer/step.py``: sample → score →
 advantages → loss → optimizer step → push → log), a periodic greedy evaluation, the row to
 ``metrics.jsonl`` and trackio, a checkpoint → the final adapter in PEFT format.
@@ -15,10 +16,7 @@ staleness too.
 
 Several trainer processes (``torchrun`` / ``accelerate launch``): rank 0 samples and broadcasts
 each batch, every rank trains its share, the gradients are summed, rank 0 pushes, evaluates, logs
-and checkpoints (``trainer/distributed.py``).
-
-Left out: several updates per batch (``num_iterations`` > 1), reward models, sharding the base
-model (FSDP).
+and checkpoints (``trainer/distributed.py``). Left out: reward models, sharding the base model (FSDP).
 
     grpo-math serve &                                  # the generator server, 127.0.0.1:8000
     grpo-math train --max-steps 10                     # the recipe's defaults
@@ -38,8 +36,8 @@ import torch
 from tqdm import tqdm
 
 from shared.datasets import load_problems
-from shared.models import resolve_model
-from shared.rewards import REWARD_FUNCTIONS, WeightedReward
+from shared.models import local_model_problems, resolve_model
+from shared.rewards import RewardError, WeightedReward
 from shared.settings import SettingsError, parse_settings, write_config
 from shared.versions import DEFAULT_ADAPTER_KEEP, adapter_keep_for
 from trainer import metrics as names
@@ -49,10 +47,16 @@ from trainer.distributed import Ranks
 from trainer.evaluation import RATE_METRICS, evaluate
 from trainer.generators import Generator, GeneratorError, connect_generator, wait_until_healthy
 from trainer.grpo import LossConfig
-from trainer.policy import compute_dtype_for, dequantize_once_fits, load_policy
+from trainer.policy import (
+    compute_dtype_for,
+    dequantized_copy_bytes,
+    enable_gradient_checkpointing,
+    free_memory_bytes,
+    load_policy,
+)
 from trainer.producer import Batches
-from trainer.settings import TrainSettings, check_against_server
-from trainer.step import Learner, Run, sample, timed, train_step
+from trainer.settings import TrainSettings, check_against_server, resolve
+from trainer.step import Lead, Learner, Run, sample, timed, train_step
 
 logger = logging.getLogger("trainer")
 
@@ -67,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         train(settings)
     except GeneratorError as error:  # the retries are spent, or the server refused a request
         raise SystemExit(f"grpo-math train: error: the generator: {error}") from None
-    except (TrainingError, SamplerMismatch, SettingsError) as error:
+    except (TrainingError, SamplerMismatch, SettingsError, RewardError) as error:  # checkpoints are kept
         raise SystemExit(f"grpo-math train: error: {error}") from None
     return 0
 
 
 def train(settings: TrainSettings, rewards: tuple[WeightedReward, ...] | None = None) -> Path:
-    """The whole run; returns its folder. ``rewards`` replaces the recipe's four (tests use it)."""
+    """The whole run; returns its folder. ``rewards`` replaces ``--reward-funcs`` (tests use it)."""
     if rewards is None:
-        rewards = tuple(dataclasses.replace(r, weight=w) for r, w in zip(REWARD_FUNCTIONS, settings.reward_weights))
+        rewards = settings.rewards()
     ranks = Ranks.from_environment()
     try:
         return train_ranks(settings, rewards, ranks)
@@ -88,6 +92,9 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
     device = ranks.device()
     generator = connect(settings) if ranks.main else None  # rank 0 alone talks to the servers
     model_path = resolve_model(settings.model)
+    targets = None if settings.init_adapter else settings.lora_target_modules  # an adapter brings its own
+    for flag, message in local_model_problems(model_path, targets):  # before any weights load
+        raise SettingsError(flag, message)
     if ranks.main and Path(served := generator.health().model).name != Path(model_path).name:
         logger.warning("the server serves %s but the trainer trains %s", served, model_path)
 
@@ -99,11 +106,16 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
     checkpoints = list_checkpoints(run_dir) if settings.resume else []
     if settings.resume and not checkpoints:
         raise TrainingError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+    learner, completed_step = load_learner(settings, model_path, device, checkpoints)
+    settings = ranks.from_main(  # every auto made on or off, once, by rank 0 for every rank
+        resolve(settings, device.type == "cuda", dequantized_copy_bytes(learner.policy), free_memory_bytes(device))
+    )
+    if settings.gradient_checkpointing == "on":
+        enable_gradient_checkpointing(learner.policy)
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(settings, run_dir / "settings.json")
-
-    learner, completed_step = load_learner(settings, model_path, device, checkpoints)
+        write_config(settings, run_dir / "settings.json")  # --config it to run the same again
+        logger.info("settings, every auto resolved: %s", ", ".join(f"{k}={v}" for k, v in vars(settings).items()))
     ranks.copy_from_main([p for p in learner.policy.parameters() if p.requires_grad])  # one starting adapter
     sync = None
     if ranks.main:
@@ -127,22 +139,20 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
         ),
         device=device,
         ranks=ranks,
-        dequantize_once=settings.dequantize_once == "on"
-        or (settings.dequantize_once == "auto" and dequantize_once_fits(learner.policy, device)),
+        dequantize_once=settings.dequantize_once == "on",
         lm_head_dtype=torch.float32 if settings.lm_head_dtype == "float32" else compute_dtype_for(device),
-        # "on" turns checkpointing off under auto, and the settings refuse it with checkpointing "on"
-        shared_prompt=settings.shared_prompt_forward != "off" and not gradient_checkpointing(settings, device),
+        shared_prompt=settings.shared_prompt_forward == "on",
     )
     steps = range(completed_step + 1, settings.max_steps + 1)
     if not ranks.main:  # rank 0 samples, pushes, evaluates and logs; the others train their share
         for step in steps:
-            train_step(step, run, learner, None, None)
+            train_step(step, run, learner, Lead(ranks))
         return run_dir
     logger.info("run folder %s; steps %d..%d", run_dir, steps.start, settings.max_steps)
     batches = Batches(lambda step, version: sample(run, step, version), sync, steps, settings.max_staleness)
     tracker = start_tracker(settings, run_dir)
     try:
-        train_loop(run, learner, batches, sync, steps, tracker)
+        train_loop(run, learner, Lead(ranks, batches, sync), steps, tracker)
     finally:
         batches.close()
     learner.policy.save_pretrained(run_dir / "final")
@@ -175,26 +185,19 @@ def connect(settings: TrainSettings) -> Generator:
     return generator
 
 
-def gradient_checkpointing(settings: TrainSettings, device: torch.device) -> bool:
-    """``--gradient-checkpointing``: auto = on with CUDA unless ``--shared-prompt-forward on``
-    (checkpointed layers drop the prompt's cache), off on CPU."""
-    if settings.gradient_checkpointing == "auto":
-        return device.type == "cuda" and settings.shared_prompt_forward != "on"
-    return settings.gradient_checkpointing == "on"
-
-
 def load_learner(
     settings: TrainSettings, model_path: str, device: torch.device, checkpoints: list[Path]
 ) -> tuple[Learner, int]:
-    """The policy, AdamW and the schedule, restored from the newest of ``checkpoints`` if any;
-    and the step they completed (0 for a new run)."""
+    """The policy (without gradient checkpointing: ``resolve`` decides that once it is loaded), AdamW
+    and the schedule, restored from the newest of ``checkpoints`` if any; and the step they
+    completed (0 for a new run)."""
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     policy = load_policy(
         model_path,
         settings,
         init_adapter=settings.init_adapter,
-        gradient_checkpointing=gradient_checkpointing(settings, device),
+        gradient_checkpointing=False,
         device=device,
     )
     optimizer = torch.optim.AdamW(
@@ -252,6 +255,7 @@ def periodic_eval(run: Run, adapter_version: int | None) -> dict[str, float]:
             adapter_version,
             max_completion_length=run.settings.max_completion_length,
             progress=False,
+            rewards=run.rewards,
         )
     metrics = {names.eval_key(name): summary[name]["value"] for name in RATE_METRICS}
     metrics.update({names.eval_key(key): value for key, value in summary.items() if key.startswith("reward/")})
@@ -259,7 +263,7 @@ def periodic_eval(run: Run, adapter_version: int | None) -> dict[str, float]:
     return metrics
 
 
-def train_loop(run: Run, learner: Learner, batches: Batches, sync: AdapterSync, steps: range, tracker) -> None:
+def train_loop(run: Run, learner: Learner, lead: Lead, steps: range, tracker) -> None:
     """Step after step: train, evaluate, log, checkpoint; stops the run after too many bad steps."""
     settings, run_dir = run.settings, run.run_dir
     bad_steps = 0  # skipped (NaN/Inf) in a row
@@ -267,7 +271,7 @@ def train_loop(run: Run, learner: Learner, batches: Batches, sync: AdapterSync, 
     progress = tqdm(steps, initial=steps.start - 1, total=settings.max_steps, desc="GRPO")
     with open(run_dir / "metrics.jsonl", "a") as metrics_file:
         for step in progress:
-            result = train_step(step, run, learner, batches, sync)
+            result = train_step(step, run, learner, lead)
             metrics = result.metrics
             bad_steps = bad_steps + 1 if result.skipped else 0
             if settings.eval_every and step % settings.eval_every == 0:
@@ -280,7 +284,7 @@ def train_loop(run: Run, learner: Learner, batches: Batches, sync: AdapterSync, 
                 )
             if tracker is not None:
                 tracker.log({key: value for key, value in metrics.items() if key != names.STEP}, step=step)
-            gap_watch.check(metrics, sync, settings.server_url)
+            gap_watch.check(metrics, lead.sync, settings.server_url)
             if bad_steps >= settings.max_bad_steps:
                 raise TrainingError(
                     f"{bad_steps} steps in a row skipped ({metrics[names.SKIP_REASON]}); stopping before a bad "

@@ -81,7 +81,7 @@ def run(args) -> None:
 
     from shared.datasets import load_problems
     from shared.models import resolve_model
-    from shared.rewards import REWARD_FUNCTIONS, completion_text
+    from shared.rewards import completion_text
     from trainer.batching import question_indices
     from trainer.evaluation import strictly_correct
     from trainer.policy import load_policy
@@ -164,7 +164,7 @@ def run(args) -> None:
             beta=settings.beta,
             epsilon=settings.epsilon,
             scale_rewards=settings.scale_rewards,
-            reward_weights=[*settings.reward_weights, 0.0],  # the counter of right answers weighs nothing
+            reward_weights=[*(reward.weight for reward in settings.rewards()), 0.0],  # the right-answer counter: 0
             shuffle_dataset=False,
             logging_steps=1,
             save_strategy="steps" if keep else "no",
@@ -180,7 +180,7 @@ def run(args) -> None:
         )
         trainer = TimedGRPOTrainer(
             model=policy,
-            reward_funcs=[*(reward.function for reward in REWARD_FUNCTIONS), strictly_correct_completions],
+            reward_funcs=[*(reward.function for reward in settings.rewards()), strictly_correct_completions],
             args=config,
             train_dataset=dataset,
             processing_class=AutoTokenizer.from_pretrained(model_path),
