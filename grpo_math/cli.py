@@ -106,6 +106,27 @@ def nf4_copy(argv: list[str]) -> int:
     return 0
 
 
+def settings_type(command: str) -> type | None:
+    """The settings dataclass behind a ``grpo-math`` command, whose fields are its flags (None for
+    the two helpers without one)."""
+    if command in ("embedded-model", "nf4-copy"):
+        return None
+    if command == "serve":
+        from generator_server.settings import ServerSettings
+
+        return ServerSettings
+    if command == "train":
+        from trainer.settings import TrainSettings
+
+        return TrainSettings
+    module = importlib.import_module(COMMANDS[command][0])
+    return next(
+        value
+        for name, value in vars(module).items()
+        if name.endswith("Settings") and isinstance(value, type) and value.__module__ == module.__name__
+    )
+
+
 def _commands_help() -> str:
     """One command per line, as ``git`` and ``vllm`` list theirs."""
     width = max(map(len, COMMANDS)) + 2

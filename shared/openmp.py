@@ -6,7 +6,7 @@ otherwise) before it sleeps. Alone on its cores a process gains from that. Two p
 compute at once on the same cores (the trainer's update beside the server's sampling with
 ``--max-staleness 1``; two servers) lose badly: each one's spinning threads hold the cores the
 other's threads wait for. 3,000 turns kept the speed of each alone and took most of that loss
-away; sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) cost the trainer's update about 40 %
+away; sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) made the trainer's update much slower
 (measured on the performance page, "OpenMP threads on shared cores").
 
 libgomp reads the variable once, when it is loaded (``import torch``), so it is set before that.

@@ -250,3 +250,46 @@ def test_two_servers_behind_one_trainer_share_each_step_and_every_version(tmp_pa
                 if line.startswith('grpo_math_http_requests_total{route="/v1/generate",status="200"}')
             )
             assert float(requests.split()[-1]) == 2.0
+
+
+def readme_gpu_commands() -> list[str]:
+    """The shell commands of the README's "Quick start on GPU", continuation lines joined."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start on GPU", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```bash\n")[1:]]
+    lines = " ".join(blocks).replace("\\\n", " ").splitlines()
+    return [line.split("  #", 1)[0].strip() for line in lines if line.strip()]
+
+
+def test_the_readme_gpu_quick_start_parses_as_written(tmp_path):
+    """Followed as written on a fresh clone: the key file comes from the documented command, every
+    grpo-math command's flags parse into its settings (nothing starts), and compose's files parse."""
+    import shlex
+
+    from grpo_math.cli import settings_type
+    from shared.settings import parse_settings
+
+    commands = readme_gpu_commands()
+    assert any(command.startswith("python3 scripts/api_key.py .") for command in commands)
+    created = subprocess.run([sys.executable, str(ROOT / "scripts" / "api_key.py"), "."], cwd=tmp_path,
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert created.returncode == 0 and (tmp_path / "api_key").read_text().strip(), created.stderr
+    parsed = 0
+    for command in commands:
+        words = [word for word in shlex.split(command) if "=" not in word or word.startswith("-")]
+        if "grpo-math" not in words or words[words.index("grpo-math") + 1] not in ("serve", "train"):
+            continue
+        name = words[words.index("grpo-math") + 1]
+        flags = [word.replace("api_key", str(tmp_path / "api_key")) for word in words[words.index(name) + 1 :]]
+        flags = [flag for flag in flags if not flag.startswith("$(")]
+        parse_settings(settings_type(name), flags, prog=f"grpo-math {name}")
+        parsed += 1
+    assert parsed == 3  # serve and train without Docker, train against trl vllm-serve
+    for command in (c for c in commands if "docker compose" in c):
+        arguments = shlex.split(command.split("docker compose", 1)[1])
+        profile = (
+            arguments[arguments.index("--profile") : arguments.index("--profile") + 2]
+            if "--profile" in arguments
+            else []
+        )
+        assert compose_config(*profile, "config", "--quiet").returncode == 0, command

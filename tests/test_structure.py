@@ -3,12 +3,13 @@ trainer's push written once, short functions, and a training entrypoint that rea
 
 import argparse
 import ast
-import importlib
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from grpo_math.cli import COMMANDS
+from grpo_math.cli import COMMANDS, settings_type
 from shared.settings import add_flags
 
 ROOT = Path(__file__).parent.parent
@@ -58,9 +59,12 @@ FLAGS = {
     "--epsilon": "the clip range",
     "--epsilon-high": "the upper clip range",
     "--scale-rewards": "whether advantages are divided by the group's std",
+    "--num-iterations": "updates per sampled batch (μ)",
+    "--mask-truncated-completions": "truncated completions out of the loss",
     "--vllm-importance-sampling-correction": "weighting by π_trainer/π_sampler",
     "--vllm-importance-sampling-clip-max": "the importance weights' cap",
-    "--reward-weights": "the four rewards' weights",
+    "--reward-funcs": "the reward functions, by import path (TRL's reward_funcs)",
+    "--reward-weights": "one weight per reward function",
     "--max-staleness": "how many steps ahead batches may be sampled",
     "--max-bad-steps": "skipped steps in a row before a run stops",
     "--max-sampler-gap": "the sampler–trainer gap above which the adapter is pushed again, then the run stops",
@@ -138,29 +142,9 @@ RETIRED = {
 }
 
 
-def settings_type_of(command: str) -> type | None:
-    """The settings dataclass behind a ``grpo-math`` command (None for the two helpers without one)."""
-    module_name, _ = COMMANDS[command]
-    module = importlib.import_module(module_name)
-    types = [
-        value
-        for name, value in vars(module).items()
-        if name.endswith("Settings") and isinstance(value, type) and value.__module__ == module.__name__
-    ]
-    if module_name == "generator_server.__main__":
-        from generator_server.settings import ServerSettings
-
-        types = [ServerSettings]
-    if module_name == "trainer.train":
-        from trainer.settings import TrainSettings
-
-        types = [TrainSettings]
-    return types[0] if types else None
-
-
 def command_flags(command: str) -> set[str]:
     parser = argparse.ArgumentParser()
-    add_flags(parser, settings_type_of(command))
+    add_flags(parser, settings_type(command))
     return {option for option in parser._option_string_actions if option.startswith("--")} - {"--help"}
 
 
@@ -181,6 +165,60 @@ def test_no_two_flags_share_a_concept_and_every_flag_is_used():
     used = {flag for command in SETTINGS_COMMANDS for flag in command_flags(command)}
     used = {"--" + flag.removeprefix("--no-") if flag.startswith("--no-") else flag for flag in used}
     assert set(FLAGS) <= used, sorted(set(FLAGS) - used)
+
+
+# A measured figure: a number with a unit of measurement (%, ×, tok/s, a size in bytes) or a range
+# of decimals; "backoff 1, 2, 4 … 30 s" or "Qwen2.5-3B" are settings and names, not measurements
+MEASURED_FIGURE = re.compile(r"\d[\d.,]*\s*(?:%|×|tok/s|[GM]i?B\b)|(?<![\w.])\d+\.\d+\s*[-–]\s*\d+\.\d+")
+
+
+@pytest.mark.parametrize("command", SETTINGS_COMMANDS)
+def test_help_texts_say_what_and_why_and_leave_measured_figures_to_the_docs(command):
+    """A figure in a help text goes stale with the next measurement; the docs pages carry the dated
+    figures, and the help may point to them."""
+    measured = [
+        f"--{field.name}: {match.group(0)}"
+        for field in dataclasses.fields(settings_type(command))
+        for match in [MEASURED_FIGURE.search(field.metadata.get("help", ""))]
+        if match
+    ]
+    assert not measured
+
+
+def test_the_flag_reference_is_the_one_the_settings_make_and_every_flag_is_in_help():
+    """``docs/flags.md`` is regenerated from the settings dataclasses, and each flag and default in it
+    is one ``grpo-math COMMAND --help`` shows."""
+    from grpo_math.flag_reference import markdown
+
+    assert (ROOT / "docs" / "flags.md").read_text() == markdown(), "run: python -m grpo_math.flag_reference"
+    for command in SETTINGS_COMMANDS:
+        parser = argparse.ArgumentParser()
+        add_flags(parser, settings_type(command))
+        shown = "".join(parser.format_help().split())  # argparse wraps lines, at hyphens too
+        for field in dataclasses.fields(settings_type(command)):
+            if not field.metadata.get("positional"):
+                assert "--" + field.name.replace("_", "-") in shown, (command, field.name)
+                assert "".join(f"(default: {field.default})".split()) in shown, (command, field.name)
+
+
+def test_the_performance_charts_draw_from_the_page_tables(tmp_path):
+    """scripts/performance_charts.py reads its figures from docs/performance.md: a table reworded
+    there without the script fails here, not as a stale picture. Its doctests run here too."""
+    import doctest
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("performance_charts", ROOT / "scripts" / "performance_charts.py")
+    charts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(charts)
+    assert doctest.testmod(charts).failed == 0
+    page = charts.PAGE.read_text()
+    split = charts.step_split(page)
+    assert [list(phases) for phases in split.values()] == [["generation", "update"], ["sampling", "update", "push"]]
+    rows = charts.openmp_rows(page)
+    assert len(rows) == 7 and all(low <= high for _, *ranges in rows for low, high in ranges)
+    charts.draw_step_split(split, tmp_path / "step_split.png")
+    charts.draw_openmp(rows, tmp_path / "openmp_spin.png")
+    assert (tmp_path / "step_split.png").stat().st_size > 0 and (tmp_path / "openmp_spin.png").stat().st_size > 0
 
 
 def functions(path: Path):
@@ -224,6 +262,23 @@ def test_each_version_rule_has_one_definition():
     assert staleness_window == ["shared/versions.py"]  # adapter_keep_for
 
 
+def test_both_holders_of_adapters_run_the_one_load_sequence():
+    """The server's engine and the trainer's client for vLLM's own server hold the adapters the same
+    way: each is an ``AdapterHolder`` whose steps ``AdapterLoads.push`` runs (the outcomes:
+    ``tests/test_adapter_loads.py`` for the client, the server tests' ``check_the_probe`` for both)."""
+    import inspect
+
+    from generator_server.engine import GeneratorEngine
+    from shared.versions import AdapterHolder, AdapterLoads
+    from trainer.generators.vllm_server import VllmServer
+
+    steps = [name for name, member in vars(AdapterHolder).items() if inspect.iscoroutinefunction(member)]
+    assert steps == ["load", "prove_applied", "activate", "discard", "retire"]
+    for holder in (GeneratorEngine, VllmServer):
+        assert all(inspect.iscoroutinefunction(getattr(holder, step)) for step in steps), holder
+    assert inspect.signature(AdapterLoads.push).parameters["holder"].annotation is AdapterHolder
+
+
 def test_the_trainer_pushes_its_adapter_in_one_place():
     pushes = [
         name
@@ -233,13 +288,25 @@ def test_the_trainer_pushes_its_adapter_in_one_place():
     assert pushes == ["trainer/adapter_sync.py", "trainer/evaluate.py"]  # evaluate pushes evaluation-only versions
 
 
-def test_the_compose_cpu_trainer_runs_the_cpu_recipe():
+@pytest.mark.parametrize("compose, service, config", [
+    ("compose.yaml", "trainer", "train-gpu.yaml"), ("compose.cpu.yaml", "trainer-cpu", "train-cpu.yaml")
+])  # fmt: skip
+def test_compose_trains_with_the_recipe_config_files(compose, service, config):
+    """compose passes each pair's recipe to its trainer as a config file; train-gpu.yaml is the
+    trainer's defaults spelled out, train-cpu.yaml the CPU recipe of grpo_math/recipe.py."""
     import yaml
 
     from grpo_math import recipe
+    from shared.settings import parse_settings
+    from trainer.settings import TrainSettings
 
-    command = yaml.safe_load((ROOT / "compose.cpu.yaml").read_text())["services"]["trainer-cpu"]["command"]
-    flags = dict(argument.split("=", 1) for argument in command if argument.startswith("--"))
-    assert float(flags["--learning-rate"]) == recipe.GRPO_LEARNING_RATE
-    assert flags["--lr-scheduler-type"] == recipe.GRPO_LR_SCHEDULER_TYPE
-    assert flags["--max-completion-length"] == f"${{MAX_COMPLETION_LENGTH:-{recipe.MAX_COMPLETION_LENGTH}}}"
+    command = yaml.safe_load((ROOT / compose).read_text())["services"][service]["command"]
+    assert command[1] == f"--config=/configs/${{TRAIN_CONFIG:-{config}}}"
+    values = yaml.safe_load((ROOT / "configs" / config).read_text())
+    settings = parse_settings(TrainSettings, ["--config", str(ROOT / "configs" / config)], prog="train")
+    if config == "train-gpu.yaml":
+        assert settings == TrainSettings()
+    else:
+        expected = recipe.grpo_settings("http://127.0.0.1:8000", ROOT)
+        assert all(getattr(settings, name) == getattr(expected, name) for name in values)
+        assert {"learning_rate", "lr_scheduler_type", "max_completion_length", "save_every"} <= set(values)
