@@ -1,12 +1,13 @@
 """GSM8K: grade-school math word problems, loaded as prompt messages plus a normalised answer.
 
-Datasets, chosen by ``load_gsm8k(split, dataset=...)`` (every command's ``--dataset``):
+Datasets, chosen by ``load_gsm8k(split, dataset=...)``:
 
 - ``"gsm8k"`` (default): the copy shipped in this package (``shared/data``, MIT, see its
   ``SOURCE.md``); needs nothing else.
 - ``"gsm8k-hub"``: ``openai/gsm8k`` (config ``main``) through ``datasets``, when online.
-- a path to any JSONL file with GSM8K's ``{"question", "answer": "... #### N"}`` rows (the split
-  is then ignored).
+
+Any other file or dataset in GSM8K's shape (``{"question", "answer": "... #### N"}`` rows) is
+read by ``shared.datasets`` with ``problem_from_row``.
 
 The answer is the text after ``####``, stripped, with thousands commas removed: the recipe kept
 ``"1,080"`` and so scored every correct ``1080`` at -0.5.
@@ -15,22 +16,13 @@ The answer is the text after ``####``, stripped, with thousands commas removed: 
 import gzip
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from shared.prompting import Message, build_prompt
+from shared.prompting import Problem, build_prompt
 
 BUNDLED_DIR = Path(__file__).parent / "data"
 HUB_ID = "openai/gsm8k"
 SPLITS = ("train", "test")
-
-
-@dataclass(frozen=True)
-class MathProblem:
-    question: str
-    solution: str  # GSM8K's worked solution, with <<calculator>> annotations and the "#### N" line
-    answer: str  # normalised final answer, e.g. "1080"
-    prompt: list[Message]  # system prompt + question, ready for a chat template
 
 
 def normalise_answer(solution: str) -> str:
@@ -55,13 +47,16 @@ def solution_reasoning(solution: str) -> str:
     return re.sub(r"<<[^>]*>>", "", solution.split("####")[0]).strip()
 
 
-def problem_from_row(row: dict) -> MathProblem:
-    return MathProblem(
-        question=row["question"],
-        solution=row["answer"],
-        answer=normalise_answer(row["answer"]),
-        prompt=build_prompt(row["question"]),
-    )
+def problem_from_row(row: dict, system_prompt: str | None = None) -> Problem:
+    """A GSM8K-shaped row as a ``Problem``: its columns are the ``question``, the normalised
+    ``answer`` (what the rewards compare with) and the whole worked ``solution`` (GSM8K's
+    ``answer`` text, with ``<<calculator>>`` annotations and the ``#### N`` line).
+
+    >>> problem_from_row({"question": "1+1?", "answer": "1+1=2\\n#### 2"}).columns["answer"]
+    '2'
+    """
+    columns = {"question": row["question"], "answer": normalise_answer(row["answer"]), "solution": row["answer"]}
+    return Problem(build_prompt(row["question"], system_prompt), columns)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -73,8 +68,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 BUNDLED, HUB = "gsm8k", "gsm8k-hub"
 
 
-def load_gsm8k(split: str = "train", dataset: str = BUNDLED) -> list[MathProblem]:
-    """All rows of one split (or of a JSONL file, where ``split`` is ignored), in file order."""
+def load_gsm8k(split: str = "train", dataset: str = BUNDLED, system_prompt: str | None = None) -> list[Problem]:
+    """All rows of one split, in file order."""
     if dataset == BUNDLED:
         if split not in SPLITS:
             raise ValueError(f"unknown GSM8K split {split!r}; expected one of {SPLITS}")
@@ -84,8 +79,5 @@ def load_gsm8k(split: str = "train", dataset: str = BUNDLED) -> list[MathProblem
 
         rows = list(datasets.load_dataset(HUB_ID, "main", split=split))
     else:
-        path = Path(dataset)
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset {dataset!r} is neither {BUNDLED!r}, {HUB!r} nor a JSONL file")
-        rows = _read_jsonl(path)
-    return [problem_from_row(row) for row in rows]
+        raise ValueError(f"dataset {dataset!r} is neither {BUNDLED!r} nor {HUB!r}")
+    return [problem_from_row(row, system_prompt) for row in rows]

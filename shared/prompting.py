@@ -10,6 +10,8 @@ score exactly this layout.
 'You are a mathematical reasoning assistant.'
 """
 
+from dataclasses import dataclass, field
+
 REASONING_START = "<start_working_out>"
 REASONING_END = "<end_working_out>"
 SOLUTION_START = "<SOLUTION>"
@@ -27,12 +29,47 @@ SYSTEM_PROMPT = (
 Message = dict[str, str]
 
 
-def build_prompt(question: str) -> list[Message]:
-    """The chat messages for one question: the system prompt, then the question as the user turn."""
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": question},
-    ]
+def build_prompt(question: str, system_prompt: str | None = None) -> list[Message]:
+    """The chat messages for one question: the system prompt (None: the notebook's; "": none), then
+    the question as the user turn.
+
+    >>> build_prompt("Reverse abc", system_prompt="")
+    [{'role': 'user', 'content': 'Reverse abc'}]
+    """
+    system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": question}]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One dataset row as both services use it: the prompt as chat messages, and every other
+    column, which reaches the reward functions as keyword arguments (TRL's convention). GSM8K and
+    ``arithmetic:D`` rows carry ``question``, ``answer`` (normalised, e.g. ``"1080"``) and
+    ``solution`` (the worked solution); the maths metrics apply where a row has an ``answer``.
+
+    >>> problem = Problem(build_prompt("2 + 3?"), {"answer": 5})
+    >>> problem.question, problem.answer, problem.solution
+    ('2 + 3?', '5', None)
+    """
+
+    prompt: list[Message]
+    columns: dict = field(default_factory=dict)
+
+    @property
+    def question(self) -> str:
+        """The last user turn's text."""
+        return next(m["content"] for m in reversed(self.prompt) if m["role"] == "user")
+
+    @property
+    def answer(self) -> str | None:
+        """The ``answer`` column as text (what strict and lenient accuracy compare with), or None."""
+        answer = self.columns.get("answer")
+        return None if answer is None else str(answer)
+
+    @property
+    def solution(self) -> str | None:
+        return self.columns.get("solution")
 
 
 def format_reference_completion(reasoning: str, answer: str) -> str:

@@ -39,5 +39,5 @@ def test_records_load_as_problems_and_a_right_tagged_answer_scores_full_marks():
 def test_a_bad_dataset_is_refused_naming_the_flag():
     with pytest.raises(SettingsError, match="--dataset arithmetic:7: the difficulty must be one of"):
         TrainSettings(dataset="arithmetic:7")
-    with pytest.raises(SettingsError, match="--dataset ./no.jsonl: neither gsm8k"):
+    with pytest.raises(SettingsError, match="--dataset ./no.jsonl: no such file or folder"):
         EvalSettings(base=True, dataset="./no.jsonl")

@@ -2,10 +2,10 @@
 
 import pytest
 
-from shared.gsm8k import MathProblem
+from shared.prompting import Problem
 from trainer.evaluation import summarise, verdicts, wilson_interval
 
-PROBLEM = MathProblem(question="q", solution="#### 1,080", answer="1080", prompt=[])
+PROBLEM = Problem([{"role": "user", "content": "q"}], {"answer": "1080", "solution": "#### 1,080"})
 
 
 def done(solution: str) -> str:

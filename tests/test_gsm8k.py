@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from shared.datasets import load_problems
 from shared.gsm8k import load_gsm8k, normalise_answer
 from shared.prompting import SYSTEM_PROMPT
 
@@ -39,14 +40,14 @@ def test_any_jsonl_file(tmp_path):
     path = tmp_path / "mine.jsonl"
     rows = [{"question": "1+1?", "answer": "1+1=2\n#### 2"}, {"question": "big?", "answer": "#### 1,234,567"}]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    problems = load_gsm8k(dataset=str(path))
+    problems = load_problems("train", str(path))  # through datasets.load_dataset: a file is one split, train
     assert [p.answer for p in problems] == ["2", "1234567"]
 
 
 def test_bad_sources_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="unknown GSM8K split"):
         load_gsm8k("validation")
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(ValueError, match="neither"):
         load_gsm8k(dataset=str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="no '####'"):
         normalise_answer("just text")

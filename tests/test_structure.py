@@ -23,8 +23,11 @@ FLAGS = {
     "--model": "the model: a hub id or folder; auto picks by device",
     "--init-adapter": "the PEFT adapter a run starts from",
     "--output-dir": "the folder a command writes to",
-    "--dataset": "the questions: gsm8k, gsm8k-hub or a JSONL file",
-    "--split": "a dataset's split",
+    "--dataset": "the questions: a bundled or generated dataset, or what datasets.load_dataset loads",
+    "--split": "a dataset's split, the one evaluated",
+    "--dataset-train-split": "the split a run trains on",
+    "--dataset-test-split": "the split a run's periodic evaluation uses",
+    "--system-prompt": "the system message before each plain-text prompt",
     "--seed": "the random seed",
     "--report-to": "where metrics go besides metrics.jsonl",
     # the generator and the wire

@@ -22,12 +22,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from shared.datasets import dataset_problem, load_problems
-from shared.gsm8k import BUNDLED, MathProblem
+from shared.datasets import DATASET_HELP, SYSTEM_PROMPT_HELP, dataset_problem, load_problems
+from shared.gsm8k import BUNDLED
+from shared.prompting import Problem
 from shared.protocol import AdapterUpload
 from shared.rewards import DEFAULT_REWARD_FUNCS, REWARD_FUNCS_HELP, load_rewards, reward_function_problem
 from shared.settings import Check, SettingsError, at_least, check_fields, parse_settings, read_api_key, require, setting
-from trainer.evaluation import RATE_METRICS, bar_chart, evaluate
+from trainer.evaluation import bar_chart, evaluate, rate_metrics
 from trainer.generators import GeneratorError, connect_generator, wait_until_healthy
 
 
@@ -52,10 +53,9 @@ class EvalSettings:
     adapter: tuple[str, ...] = setting((), "PEFT adapter folders to push (evaluation-only) and evaluate")
     adapter_version: tuple[int, ...] = setting((), "adapter versions already loaded on the server")
     compare: bool = setting(False, "also evaluate the base model, on the same questions")
-    dataset: str = setting(
-        BUNDLED, "gsm8k (bundled), gsm8k-hub (openai/gsm8k), arithmetic:D (D = 1..4) or a JSONL file in GSM8K's format"
-    )
-    split: Literal["test", "train"] = setting("test", "the dataset's split (a JSONL file has one)")
+    dataset: str = setting(BUNDLED, f"the questions: {DATASET_HELP}")
+    split: str = setting("test", "the dataset's split (a single file is one, train: slice it, train[1000:])")
+    system_prompt: str | None = setting(None, SYSTEM_PROMPT_HELP)
     eval_limit: int | None = setting(None, "the first N questions (none = all)", check=at_least(1))
     shuffle: bool = setting(False, "take the questions in a random order seeded by --seed (with --eval-limit N)")
     seed: int = setting(0, "for --shuffle")
@@ -80,10 +80,10 @@ class EvalSettings:
         require(self.num_generations == 1 or self.temperature > 0, "num_generations", "k > 1 needs --temperature > 0")
 
 
-def load_questions(settings: EvalSettings) -> list[tuple[int, MathProblem]]:
+def load_questions(settings: EvalSettings) -> list[tuple[int, Problem]]:
     """(index in the split, question): the first ``--eval-limit``, or with ``--shuffle`` a seeded
     random choice of that many, in index order."""
-    indexed = list(enumerate(load_problems(settings.split, settings.dataset)))
+    indexed = list(enumerate(load_problems(settings.split, settings.dataset, settings.system_prompt)))
     if settings.shuffle:
         indexed = random.Random(settings.seed).sample(indexed, len(indexed))
     return sorted(indexed[: settings.eval_limit]) if settings.shuffle else indexed[: settings.eval_limit]
@@ -144,12 +144,13 @@ def run_eval(settings: EvalSettings) -> Path:
     )
     bar_chart(summaries, output_dir / "accuracy.png", title=f"{Path(settings.dataset).name} {settings.split}")
 
-    print(f"\n{'model':<40} " + " ".join(f"{m:>20}" for m in RATE_METRICS))
+    metrics = rate_metrics(next(iter(summaries.values())))
+    rewards = [key for key in next(iter(summaries.values())) if key.startswith("reward/")]
+    print(f"\n{'model':<40} " + " ".join(f"{m:>20}" for m in (*metrics, *rewards)))
     for name, summary in summaries.items():
         cells = [
-            f"{summary[m]['value']:6.1%} [{summary[m]['ci95'][0]:4.0%}-{summary[m]['ci95'][1]:4.0%}]"
-            for m in RATE_METRICS
-        ]
+            f"{summary[m]['value']:6.1%} [{summary[m]['ci95'][0]:4.0%}-{summary[m]['ci95'][1]:4.0%}]" for m in metrics
+        ] + [f"{summary[key]:.3f}" for key in rewards]
         print(f"{name[-40:]:<40} " + " ".join(f"{c:>20}" for c in cells))
     print(f"\n{output_dir}: summary.json, completions.jsonl, accuracy.png")
     return output_dir

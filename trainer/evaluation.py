@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.gsm8k import MathProblem
+from shared.prompting import Problem
 from shared.protocol import GenerateRequest
 from shared.rewards import REWARD_FUNCTIONS, STRICT_FORMAT, WeightedReward, score_completions
 from trainer.generators import Generator, GeneratorError
@@ -98,7 +98,15 @@ def strictly_correct(text: str, answer: str) -> bool:
     return strict is not None and strict == normalise_answer_text(answer)
 
 
-def verdicts(problem: MathProblem, text: str, token_count: int, finish_reason: str) -> dict:
+def verdicts(problem: Problem, text: str, token_count: int, finish_reason: str) -> dict:
+    """The maths verdicts where the problem has an ``answer`` (None each where it has not), the
+    length and whether the completion was cut off."""
+    lengths = {"tokens": token_count, "truncated": finish_reason == "length"}
+    if problem.answer is None:
+        return (
+            dict.fromkeys(("strict_format", "strict_correct", "lenient_correct", "strict_answer", "last_number"))
+            | lengths
+        )
     strict = strict_answer(text)
     lenient = last_number(text)
     return {
@@ -107,20 +115,26 @@ def verdicts(problem: MathProblem, text: str, token_count: int, finish_reason: s
         "lenient_correct": same_number(lenient, problem.answer),
         "strict_answer": strict,
         "last_number": lenient,
-        "tokens": token_count,
-        "truncated": finish_reason == "length",
+        **lengths,
     }
+
+
+def rate_metrics(summary: dict) -> list[str]:
+    """The ``RATE_METRICS`` a summary has: the maths rates only where the questions have answers."""
+    return [name for name in RATE_METRICS if name in summary]
 
 
 def summarise(rows: list[dict], num_generations: int) -> dict:
     """Rates with Wilson intervals, reward means, lengths; pass@k and maj@k when sampling."""
     total = len(rows)
+    answered = all(r["strict_correct"] is not None for r in rows)  # a task without answers: rewards only
     counts = {
-        "strict_format_rate": sum(r["strict_format"] for r in rows),
-        "strict_accuracy": sum(r["strict_correct"] for r in rows),
-        "lenient_accuracy": sum(r["lenient_correct"] for r in rows),
+        "strict_format_rate": sum(r["strict_format"] for r in rows) if answered else None,
+        "strict_accuracy": sum(r["strict_correct"] for r in rows) if answered else None,
+        "lenient_accuracy": sum(r["lenient_correct"] for r in rows) if answered else None,
         "truncation_rate": sum(r["truncated"] for r in rows),
     }
+    counts = {name: count for name, count in counts.items() if count is not None}
     summary = {"completions": total}
     for name, count in counts.items():
         low, high = wilson_interval(count, total)
@@ -130,7 +144,7 @@ def summarise(rows: list[dict], num_generations: int) -> dict:
         if applied:
             summary[f"reward/{name}"] = sum(applied) / len(applied)
     summary["completion_length_mean"] = sum(r["tokens"] for r in rows) / total
-    if num_generations > 1:
+    if num_generations > 1 and answered:
         by_question: dict[int, list[dict]] = {}
         for row in rows:
             by_question.setdefault(row["question_index"], []).append(row)
@@ -155,7 +169,7 @@ def summarise(rows: list[dict], num_generations: int) -> dict:
 
 def evaluate(
     generator: Generator,
-    problems: list[tuple[int, MathProblem]],
+    problems: list[tuple[int, Problem]],
     adapter_version: int | None,
     num_generations: int = 1,
     temperature: float = 0.0,
@@ -184,13 +198,15 @@ def evaluate(
         if reply.adapter_version != adapter_version:
             raise GeneratorError(f"asked for adapter version {adapter_version}, got {reply.adapter_version}")
         texts = [c.text for group in reply.groups for c in group.completions]
-        answers = [problem.answer for _, problem in batch for _ in range(num_generations)]
         scores = score_completions(
             [problem.prompt for _, problem in batch for _ in range(num_generations)],
-            texts,
+            [[{"role": "assistant", "content": text}] for text in texts],  # conversational, as in training
             rewards,
             completion_ids=[c.token_ids for group in reply.groups for c in group.completions],
-            answer=answers,
+            **{
+                name: [p.columns[name] for _, p in batch for _ in range(num_generations)]
+                for name in batch[0][1].columns
+            },
         ).per_function
         for position, ((index, problem), group) in enumerate(zip(batch, reply.groups)):
             for sample, completion in enumerate(group.completions):
@@ -217,15 +233,14 @@ def bar_chart(summaries: dict[str, dict], path: Path, title: str) -> None:
     figure, axis = plt.subplots(figsize=(8, 4.2))
     width = 0.8 / len(summaries)
     for offset, (name, summary) in enumerate(summaries.items()):
-        values = [summary[m]["value"] for m in RATE_METRICS]
+        metrics = rate_metrics(summary)
+        values = [summary[m]["value"] for m in metrics]
         errors = [
-            [v - summary[m]["ci95"][0] for v, m in zip(values, RATE_METRICS)],
-            [summary[m]["ci95"][1] - v for v, m in zip(values, RATE_METRICS)],
+            [v - summary[m]["ci95"][0] for v, m in zip(values, metrics)],
+            [summary[m]["ci95"][1] - v for v, m in zip(values, metrics)],
         ]
-        axis.bar(
-            [i + offset * width for i in range(len(RATE_METRICS))], values, width, yerr=errors, capsize=3, label=name
-        )
-    axis.set_xticks([i + width * (len(summaries) - 1) / 2 for i in range(len(RATE_METRICS))], RATE_METRICS, fontsize=8)
+        axis.bar([i + offset * width for i in range(len(metrics))], values, width, yerr=errors, capsize=3, label=name)
+    axis.set_xticks([i + width * (len(summaries) - 1) / 2 for i in range(len(metrics))], metrics, fontsize=8)
     axis.set_ylim(0, 1)
     axis.set_title(f"{title} (95 % Wilson intervals)")
     axis.legend(fontsize=8)

@@ -141,7 +141,7 @@ def metrics_row(
     timings: dict[str, float],
 ) -> dict[str, float]:
     """The step's row. ``rewards``: (P, G) weighted totals (NaN: unscorable); ``strictly_correct``: one verdict per
-    completion (P·G), strict format and the right answer."""
+    completion (P·G), strict format and the right answer; empty where the dataset has no ``answer``."""
     completions = [completion for group in reply.groups for completion in group.completions]
     lengths = [len(completion.token_ids) for completion in completions]
     row = {
@@ -153,7 +153,7 @@ def metrics_row(
         REWARD: rewards.nanmean().item(),  # NaN: a completion no reward function applied to
         REWARD_STD: rewards[~rewards.isnan()].std().item(),
         **reward_statistics(scores.per_function),
-        STRICT_ACCURACY: sum(strictly_correct) / len(strictly_correct),
+        STRICT_ACCURACY: sum(strictly_correct) / len(strictly_correct) if strictly_correct else math.nan,
         ZERO_STD_GROUPS: int((rewards.std(dim=1) == 0).sum()),
         SEQUENCES_TRAINED: stats.sequences,
         COMPLETION_LENGTH_MEAN: sum(lengths) / len(lengths),

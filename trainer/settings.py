@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from shared.datasets import dataset_problem
+from shared.datasets import DATASET_HELP, SYSTEM_PROMPT_HELP, dataset_problem, longest_prompt_tokens
 from shared.models import is_missing_folder
-from shared.protocol import AdapterUpload, HealthResponse
+from shared.prompting import Problem
+from shared.protocol import AdapterUpload, HealthResponse, ServerLimits
 from shared.rewards import (
     DEFAULT_REWARD_FUNCS,
     REWARD_FUNCS_HELP,
@@ -73,11 +74,12 @@ class TrainSettings:
         "auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded SmolLM2-135M-Instruct on CPU"
     )
     init_adapter: str | None = setting(None, "PEFT adapter folder to start from (e.g. the output of grpo-math sft)")
-    dataset: str = setting(
-        "gsm8k",
-        "questions (its train split; --eval-every uses its test split): gsm8k (bundled), gsm8k-hub "
-        "(openai/gsm8k), arithmetic:D (generated, difficulty D = 1..4) or a JSONL file",
+    dataset: str = setting("gsm8k", f"the questions: {DATASET_HELP}")
+    dataset_train_split: str = setting("train", "the split trained on (a slice works: train[:1000])")
+    dataset_test_split: str = setting(
+        "test", "the split --eval-every evaluates on (a single file is one split: slice it, train[1000:])"
     )
+    system_prompt: str | None = setting(None, SYSTEM_PROMPT_HELP)
     max_steps: int = setting(10, "optimizer steps", check=at_least(1))
     prompts_per_step: int = setting(2, "questions per step (the recipe's batch 2)", check=at_least(1))
     num_generations: int = setting(
@@ -166,9 +168,9 @@ class TrainSettings:
     keep_checkpoints: int = setting(2, "checkpoints kept (the newest)", check=at_least(1))
     resume: bool = setting(False, "continue from the newest checkpoint in --output-dir")
     eval_every: int = setting(
-        0, "evaluate the adapter greedily on --dataset's test split every N steps (0 = never)", check=at_least(0)
+        0, "evaluate the adapter greedily on --dataset-test-split every N steps (0 = never)", check=at_least(0)
     )
-    eval_limit: int = setting(32, "evaluation questions: the first N of the test split", check=at_least(1))
+    eval_limit: int = setting(32, "evaluation questions: the first N of --dataset-test-split", check=at_least(1))
     report_to: Literal["trackio", "none"] = setting("trackio", "trackio (offline store) besides metrics.jsonl")
     server_timeout: float = setting(
         600.0,
@@ -277,3 +279,20 @@ def check_against_server(settings: TrainSettings, health: HealthResponse) -> Non
     ):
         if value > limit:
             raise SettingsError(name, f"{value} is more than the server allows ({limit}, its {server_flag})")
+
+
+def check_prompt_lengths(
+    problems: list[Problem], model_path: str, limits: ServerLimits, settings: TrainSettings
+) -> None:
+    """Raise ``SettingsError`` naming ``--dataset`` where a prompt leaves less than
+    ``--max-completion-length`` tokens of the server's context (the server would refuse it)."""
+    from transformers import AutoTokenizer
+
+    room = limits.max_model_len - settings.max_completion_length
+    tokens, problem = longest_prompt_tokens(problems, AutoTokenizer.from_pretrained(model_path))
+    if tokens > room:
+        raise SettingsError(
+            "dataset", f"{settings.dataset}: a prompt takes {tokens} tokens ({problem.question[:60]!r}...), more than "
+            f"the server's context ({limits.max_model_len}, its --max-model-len) leaves beside --max-completion-length "
+            f"{settings.max_completion_length}: shorten the prompts or the completions",
+        )  # fmt: skip

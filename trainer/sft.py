@@ -6,8 +6,9 @@ SmolLM2-135M-Instruct does not: docs/results). Every completion then scores the 
 fine-tuned, with TRL's ``SFTTrainer``, on the dataset's *train* solutions
 rewritten into the format: the reasoning (``<<…>>`` annotations removed) between
 ``<start_working_out>`` and ``<end_working_out>``, the answer between ``<SOLUTION>`` and
-``</SOLUTION>``. The examples are prompt/completion pairs with the shared system prompt, so the
-loss covers the assistant turn only. The output is a PEFT adapter for ``grpo-math train
+``</SOLUTION>``. A dataset of another task brings its own answers in TRL's ``completion`` column
+(text or assistant messages). The examples are prompt/completion pairs, so the loss covers the
+assistant turn only. The output is a PEFT adapter for ``grpo-math train
 --init-adapter``. Left out: packing, evaluation during training.
 
     grpo-math sft --output-dir runs/sft --max-steps 40
@@ -20,10 +21,10 @@ from typing import Literal
 
 import torch
 
-from shared.datasets import dataset_problem, load_problems
-from shared.gsm8k import MathProblem, solution_reasoning
+from shared.datasets import DATASET_HELP, SYSTEM_PROMPT_HELP, dataset_problem, load_problems
+from shared.gsm8k import solution_reasoning
 from shared.models import local_model_problems, resolve_model
-from shared.prompting import format_reference_completion
+from shared.prompting import Problem, format_reference_completion
 from shared.settings import SettingsError, at_least, check_fields, parse_settings, positive, require, setting
 from trainer.policy import load_policy
 from trainer.settings import TrainSettings
@@ -35,8 +36,10 @@ class SFTSettings:
     model: str = setting("auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded model on CPU")
     max_steps: int = setting(40, "optimizer steps", check=at_least(1))
     dataset: str = setting(
-        "gsm8k", "worked solutions (its train split): gsm8k, gsm8k-hub, arithmetic:D (D = 1..4) or a JSONL file"
+        "gsm8k", f"prompts with worked solutions (TRL's 'completion' column, or GSM8K's answers): {DATASET_HELP}"
     )
+    dataset_train_split: str = setting(TrainSettings.dataset_train_split, "the split trained on")
+    system_prompt: str | None = setting(TrainSettings.system_prompt, SYSTEM_PROMPT_HELP)
     per_device_train_batch_size: int = setting(8, "examples per step", check=at_least(1))
     learning_rate: float = setting(2e-4, "AdamW learning rate (constant)", check=positive())
     max_length: int = setting(
@@ -58,10 +61,23 @@ class SFTSettings:
         require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
 
 
-def sft_example(problem: MathProblem) -> dict:
-    """One prompt/completion pair in TRL's conversational form."""
-    completion = format_reference_completion(solution_reasoning(problem.solution), problem.answer)
-    return {"prompt": problem.prompt, "completion": [{"role": "assistant", "content": completion}]}
+def sft_example(problem: Problem) -> dict:
+    """One prompt/completion pair in TRL's conversational form: the row's own ``completion``, or a
+    GSM8K-shaped solution rewritten into the tag format.
+
+    >>> sft_example(Problem([{"role": "user", "content": "abc"}], {"completion": "cba"}))["completion"]
+    [{'role': 'assistant', 'content': 'cba'}]
+    """
+    completion = problem.columns.get("completion")
+    if completion is None and problem.solution is not None and problem.answer is not None:
+        completion = format_reference_completion(solution_reasoning(problem.solution), problem.answer)
+    if completion is None:
+        columns = ", ".join(problem.columns)
+        raise SettingsError(
+            "dataset", f"SFT needs a 'completion' column (or GSM8K's solutions); the columns: {columns}"
+        )
+    messages = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+    return {"prompt": problem.prompt, "completion": messages}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +99,12 @@ def run_sft(settings: SFTSettings) -> Path:
     model_path = resolve_model(settings.model)
     for flag, message in local_model_problems(model_path, settings.lora_target_modules):  # before weights load
         raise SettingsError(flag, message)
+    count = settings.max_steps * settings.per_device_train_batch_size
+    problems = load_problems(settings.dataset_train_split, settings.dataset, settings.system_prompt)[:count]
+    examples = [sft_example(p) for p in problems]
     policy = load_policy(
         model_path, settings, init_adapter=None, gradient_checkpointing=device.type == "cuda", device=device
     )
-    count = settings.max_steps * settings.per_device_train_batch_size
-    examples = [sft_example(p) for p in load_problems("train", settings.dataset)[:count]]
     output_dir = Path(settings.output_dir)
     config = SFTConfig(
         output_dir=str(output_dir / "trainer"),

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from shared.gsm8k import MathProblem
+from shared.prompting import Problem
 from shared.protocol import GenerateRequest, GenerateResponse
 from shared.rewards import RewardScores, WeightedReward, score_completions
 from trainer.adapter_sync import AdapterSync, Pushed
@@ -67,8 +67,8 @@ class Run:
     settings: TrainSettings
     run_dir: Path
     generator: Generator
-    problems: list[MathProblem]  # the training questions
-    eval_questions: list[tuple[int, MathProblem]]  # (test index, question) for --eval-every
+    problems: list[Problem]  # the training questions
+    eval_questions: list[tuple[int, Problem]]  # (test index, question) for --eval-every
     rewards: tuple[WeightedReward, ...]
     loss_config: LossConfig
     device: torch.device
@@ -130,7 +130,7 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
         timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - started
 
 
-def problems_of(run: Run, step: int) -> tuple[list[int], list[MathProblem]]:
+def problems_of(run: Run, step: int) -> tuple[list[int], list[Problem]]:
     indices = question_indices(step, run.settings.prompts_per_step, len(run.problems), run.settings.seed)
     return indices, [run.problems[index] for index in indices]
 
@@ -155,17 +155,19 @@ def sample(run: Run, step: int, adapter_version: int | None) -> GenerateResponse
     return reply
 
 
-def score(run: Run, problems: list[MathProblem], reply: GenerateResponse) -> RewardScores:
+def score(run: Run, problems: list[Problem], reply: GenerateResponse) -> RewardScores:
     """Every reward on every one of the reply's P × G completions, grouped by question, called as
-    TRL calls reward functions (``shared.rewards.score_completions``)."""
+    TRL calls reward functions (``shared.rewards.score_completions``): each dataset column one
+    keyword argument, repeated for each completion of its question. The prompts are chat messages,
+    so each completion comes in TRL's conversational form, ``[{"role": "assistant", "content": ...}]``."""
     completions = [completion for group in reply.groups for completion in group.completions]
     group_size = run.settings.num_generations
     return score_completions(
         prompts=[problem.prompt for problem in problems for _ in range(group_size)],
-        completions=[completion.text for completion in completions],
+        completions=[[{"role": "assistant", "content": completion.text}] for completion in completions],
         rewards=run.rewards,
         completion_ids=[completion.token_ids for completion in completions],
-        answer=[problem.answer for problem in problems for _ in range(group_size)],
+        **{column: [p.columns[column] for p in problems for _ in range(group_size)] for column in problems[0].columns},
     )
 
 
@@ -382,7 +384,7 @@ def train_step(step: int, run: Run, learner: Learner, lead: Lead) -> StepResult:
         scores = score(run, problems, batch.reply)
         texts = [completion.text for group in batch.reply.groups for completion in group.completions]
         answers = [problem.answer for problem in problems for _ in range(settings.num_generations)]
-        correct = [strictly_correct(text, answer) for text, answer in zip(texts, answers, strict=True)]
+        correct = [strictly_correct(text, answer) for text, answer in zip(texts, answers, strict=True) if answer]
     rewards = torch.tensor(scores.total).view(len(problems), settings.num_generations)  # (P, G), NaN: unscorable
 
     advantages = group_advantages(rewards, scale=settings.scale_rewards == "group").flatten()  # (P·G,)

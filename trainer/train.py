@@ -25,6 +25,7 @@ and checkpoints (``trainer/distributed.py``). Left out: reward models, sharding 
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ from trainer import metrics as names
 from trainer.adapter_sync import AdapterSync, GapWatch, SamplerMismatch
 from trainer.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from trainer.distributed import Ranks
-from trainer.evaluation import RATE_METRICS, evaluate
+from trainer.evaluation import evaluate, rate_metrics
 from trainer.generators import Generator, GeneratorError, connect_generator, wait_until_healthy
 from trainer.grpo import LossConfig
 from trainer.policy import (
@@ -55,7 +56,7 @@ from trainer.policy import (
     load_policy,
 )
 from trainer.producer import Batches
-from trainer.settings import TrainSettings, check_against_server, resolve
+from trainer.settings import TrainSettings, check_against_server, check_prompt_lengths, resolve
 from trainer.step import Lead, Learner, Run, sample, timed, train_step
 
 logger = logging.getLogger("trainer")
@@ -97,6 +98,11 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
         raise SettingsError(flag, message)
     if ranks.main and Path(served := generator.health().model).name != Path(model_path).name:
         logger.warning("the server serves %s but the trainer trains %s", served, model_path)
+    load = functools.partial(load_problems, dataset=settings.dataset, system_prompt=settings.system_prompt)
+    problems = load(settings.dataset_train_split)  # a dataset the run cannot use fails here, naming the flag
+    eval_problems = load(settings.dataset_test_split)[: settings.eval_limit] if settings.eval_every else []
+    if ranks.main:  # before any weights load: every prompt leaves room for a whole completion
+        check_prompt_lengths(problems + eval_problems, model_path, generator.health().limits, settings)
 
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -129,10 +135,8 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
         settings=settings,
         run_dir=run_dir,
         generator=generator,
-        problems=load_problems("train", settings.dataset),
-        eval_questions=list(enumerate(load_problems("test", settings.dataset)[: settings.eval_limit]))
-        if settings.eval_every and ranks.main
-        else [],
+        problems=problems,
+        eval_questions=list(enumerate(eval_problems)) if ranks.main else [],
         rewards=rewards,
         loss_config=LossConfig(
             settings.loss_type, settings.beta, settings.epsilon, settings.epsilon_high or settings.epsilon
@@ -194,11 +198,7 @@ def load_learner(
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     policy = load_policy(
-        model_path,
-        settings,
-        init_adapter=settings.init_adapter,
-        gradient_checkpointing=False,
-        device=device,
+        model_path, settings, init_adapter=settings.init_adapter, gradient_checkpointing=False, device=device
     )
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad],
@@ -257,7 +257,7 @@ def periodic_eval(run: Run, adapter_version: int | None) -> dict[str, float]:
             progress=False,
             rewards=run.rewards,
         )
-    metrics = {names.eval_key(name): summary[name]["value"] for name in RATE_METRICS}
+    metrics = {names.eval_key(name): summary[name]["value"] for name in rate_metrics(summary)}
     metrics.update({names.eval_key(key): value for key, value in summary.items() if key.startswith("reward/")})
     metrics[names.time_key("eval")] = timings["eval"]
     return metrics
