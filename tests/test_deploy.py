@@ -18,7 +18,7 @@ import yaml
 from grpo_math.local_server import LocalServer, start_side_by_side
 from shared.models import embedded_model_dir, nf4_dequantized_dir
 from shared.protocol import AdapterUpload, GenerateRequest
-from shared.rewards import WeightedReward
+from shared.rewards import WeightedReward, completion_text
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = Path(sys.executable).parent / "docker-compose"
@@ -158,7 +158,7 @@ def completion_characters(completions, **kwargs) -> list[float]:
     """Test-only reward with a spread in nearly every group (lengths differ), so every step
     updates the adapter: a run whose rewards are all equal leaves B at zero and the adapter *is*
     the base model, which a CI run once hit with a rarer reward."""
-    return [len(text) / 100 for text in completions]
+    return [len(completion_text(c)) / 100 for c in completions]
 
 
 @pytest.mark.slow

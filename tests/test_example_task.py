@@ -24,7 +24,11 @@ pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reverse_text"
 QUESTIONS = 32  # the training words: one epoch is WINDOW steps
 WINDOW = 8  # steps averaged at each end: epoch 1 against epoch 3
-MARGIN = 0.10  # the rise of the mean similarity that counts as learning
+# The rise of the mean similarity that counts as learning. A window's mean is over 8 × 32 completions
+# whose similarities spread by about 0.15, so its standard error is about 0.15 / 16 ≈ 0.01 and a
+# difference of two windows' means about 0.014: 0.05 is 3.5 of those above no change, and the
+# measured rise (docs/your-own-task.md) was 0.11.
+MARGIN = 0.05
 FLAGS = [
     "--dataset", str(EXAMPLE),
     "--dataset-train-split", f"train[:{QUESTIONS}]",

@@ -15,9 +15,10 @@ from peft import PeftModel
 from trackio.utils import TRACKIO_DIR
 
 from shared.models import embedded_model_dir
-from shared.rewards import RewardError, WeightedReward
+from shared.rewards import RewardError, WeightedReward, completion_text
 from tests.conftest import start_server, stop_server
 from trainer.batching import question_indices
+from trainer.checkpoints import checkpoint_dir, list_checkpoints
 from trainer.generators import GrpoMathServer
 from trainer.settings import TrainSettings
 from trainer.train import TrainingError, train
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 def starts_with_a_numbered_list(completions, **kwargs) -> list[float]:
     """Test-only reward, easy to learn: 1 for completions that begin with "1." (a numbered list).
     The embedded model starts 19 % of its GSM8K answers that way (12 of 64 sampled)."""
-    return [1.0 if text.startswith("1.") else 0.0 for text in completions]
+    return [1.0 if completion_text(c).startswith("1.") else 0.0 for c in completions]
 
 
 EASY_REWARD = (WeightedReward(starts_with_a_numbered_list),)
@@ -71,7 +72,7 @@ def test_training_pushes_every_step_logs_every_step_and_the_reward_rises(server_
     rows = read_metrics(run_dir)
     assert [row["step"] for row in rows] == list(range(1, 9))
     assert [step for step, row in enumerate(rows, 1) if "eval/strict_accuracy" in row] == [4, 8]  # periodic eval
-    assert 0.0 <= rows[3]["eval/strict_format_rate"] <= 1.0 and "eval/reward/match_format_exactly" in rows[3]
+    assert 0.0 <= rows[3]["eval/strict_format_rate"] <= 1.0 and "eval/reward/starts_with_a_numbered_list" in rows[3]
     assert [row["sampled_with_adapter"] for row in rows] == [
         -1,
         1,
@@ -256,14 +257,14 @@ def test_a_reward_that_returns_nan_stops_the_run_naming_it_and_keeps_the_checkpo
 
     def nan_in_step_3(completions, **kwargs):
         calls.append(1)
-        return [math.nan if len(calls) == 3 else 1.0 * t.startswith("1.") for t in completions]
+        return [math.nan if len(calls) == 3 else 1.0 * completion_text(c).startswith("1.") for c in completions]
 
     settings = settings_for(server_url, tmp_path / "run", max_steps=4, save_every=2, report_to="none")
     with pytest.raises(RewardError, match="reward function nan_in_step_3 returned nan for completion 0"):
         train(settings, rewards=(WeightedReward(nan_in_step_3),))
     rows = read_metrics(tmp_path / "run")
     assert [row["step"] for row in rows] == [1, 2]
-    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2").is_dir()
+    assert list_checkpoints(tmp_path / "run") == [checkpoint_dir(tmp_path / "run", 2)]
     assert GrpoMathServer(server_url).active_version() == rows[1]["sampled_with_adapter"] + 1  # step 2's push
 
 
