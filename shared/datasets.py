@@ -63,14 +63,14 @@ def load_rows(dataset: str, split: str) -> list[dict]:
             raise SettingsError("dataset", f"{dataset}: the file is empty")
         if path.suffix not in FILE_BUILDERS:
             raise SettingsError("dataset", f"{dataset}: a file must end in one of {', '.join(FILE_BUILDERS)}")
-        arguments = (FILE_BUILDERS[path.suffix],), {"data_files": str(path)}
+        positional, keywords = (FILE_BUILDERS[path.suffix],), {"data_files": str(path)}
     elif path.is_dir():
-        arguments = (str(path),), {}
+        positional, keywords = (str(path),), {}
     else:
         name, _, config = dataset.partition(":")
-        arguments = (name, config or None), {}
+        positional, keywords = (name, config or None), {}
     try:
-        return list(datasets.load_dataset(*arguments[0], **arguments[1], split=split))
+        return list(datasets.load_dataset(*positional, **keywords, split=split))
     except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
         # ValueError names a split the dataset lacks: 'Unknown split "test". Should be one of ['train'].'
         raise SettingsError(
