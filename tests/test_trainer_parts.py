@@ -246,6 +246,20 @@ def float32_policy():
     return policy
 
 
+def float32_run(settings: TrainSettings, shared_prompt: bool, loss_config: LossConfig, **more) -> SimpleNamespace:
+    """The parts of ``trainer.step.Run`` an update reads, for the float32 policy on one CPU rank."""
+    return SimpleNamespace(
+        settings=settings,
+        ranks=Ranks(),
+        device=torch.device("cpu"),
+        lm_head_dtype=torch.float32,
+        head=HeadLogprobs.apply,
+        shared_prompt=shared_prompt,
+        loss_config=loss_config,
+        **more,
+    )
+
+
 def two_groups() -> list[Sequence]:
     """Two questions' groups (3 and 2 completions) of random tokens, advantages of both signs."""
     generator = torch.Generator().manual_seed(1)
@@ -270,15 +284,7 @@ def test_a_prompt_run_once_for_its_group_gives_the_loss_and_gradients_of_whole_s
     normaliser = Normaliser(len(sequences), sum(len(s.completion_token_ids) for s in sequences), 16)
 
     def update(shared_prompt: bool, prompt_backward: bool = True):
-        run = SimpleNamespace(
-            settings=settings,
-            ranks=Ranks(),
-            device=torch.device("cpu"),
-            lm_head_dtype=torch.float32,
-            head=HeadLogprobs.apply,
-            shared_prompt=shared_prompt,
-            loss_config=LossConfig(beta=beta),
-        )
+        run = float32_run(settings, shared_prompt, LossConfig(beta=beta))
         if prompt_backward:
             stats = backward_share(run, float32_policy, sequences, normaliser)
         else:
@@ -331,16 +337,7 @@ def test_two_updates_on_one_batch_step_twice_clip_against_the_policy_before_them
     before = [p.detach().clone() for p in trainable]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    run = SimpleNamespace(
-        settings=settings,
-        ranks=Ranks(),
-        device=torch.device("cpu"),
-        lm_head_dtype=torch.float32,
-        head=HeadLogprobs.apply,
-        shared_prompt=True,
-        loss_config=LossConfig(),
-        dequantize_once=False,
-    )
+    run = float32_run(settings, shared_prompt=True, loss_config=LossConfig(), dequantize_once=False)
     trained, normaliser = to_train(sequences, settings)
     try:
         stats, optimized = update(
