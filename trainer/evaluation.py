@@ -12,13 +12,14 @@ each question is sampled k times (``num_generations`` = k).
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
 from shared.prompting import Problem
-from shared.protocol import GenerateRequest
-from shared.rewards import REWARD_FUNCTIONS, STRICT_FORMAT, WeightedReward, score_completions
+from shared.protocol import GenerateRequest, GenerateResponse
+from shared.rewards import REWARD_FUNCTIONS, STRICT_FORMAT, RewardScores, WeightedReward, score_completions
 from trainer.generators import Generator, GeneratorError
 
 NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -167,6 +168,26 @@ def summarise(rows: list[dict], num_generations: int) -> dict:
     return summary
 
 
+def score_reply(problems: list[Problem], reply: GenerateResponse, rewards: Sequence[WeightedReward]) -> RewardScores:
+    """Every reward on every completion of ``reply`` (one group per problem), called as TRL calls
+    reward functions (``shared.rewards.score_completions``): each dataset column one keyword
+    argument, repeated for each completion of its question. The prompts are chat messages, so each
+    completion comes in TRL's conversational form, ``[{"role": "assistant", "content": ...}]``."""
+    sizes = [len(group.completions) for group in reply.groups]
+    completions = [completion for group in reply.groups for completion in group.completions]
+
+    def repeated(values: list) -> list:  # one entry per completion
+        return [value for value, size in zip(values, sizes, strict=True) for _ in range(size)]
+
+    return score_completions(
+        prompts=repeated([problem.prompt for problem in problems]),
+        completions=[[{"role": "assistant", "content": completion.text}] for completion in completions],
+        rewards=rewards,
+        completion_ids=[completion.token_ids for completion in completions],
+        **{column: repeated([problem.columns[column] for problem in problems]) for column in problems[0].columns},
+    )
+
+
 def evaluate(
     generator: Generator,
     problems: list[tuple[int, Problem]],
@@ -197,17 +218,7 @@ def evaluate(
         )
         if reply.adapter_version != adapter_version:
             raise GeneratorError(f"asked for adapter version {adapter_version}, got {reply.adapter_version}")
-        texts = [c.text for group in reply.groups for c in group.completions]
-        scores = score_completions(
-            [problem.prompt for _, problem in batch for _ in range(num_generations)],
-            [[{"role": "assistant", "content": text}] for text in texts],  # conversational, as in training
-            rewards,
-            completion_ids=[c.token_ids for group in reply.groups for c in group.completions],
-            **{
-                name: [p.columns[name] for _, p in batch for _ in range(num_generations)]
-                for name in batch[0][1].columns
-            },
-        ).per_function
+        scores = score_reply([problem for _, problem in batch], reply, rewards).per_function
         for position, ((index, problem), group) in enumerate(zip(batch, reply.groups)):
             for sample, completion in enumerate(group.completions):
                 flat = position * num_generations + sample

@@ -38,11 +38,11 @@ import torch
 
 from shared.prompting import Problem
 from shared.protocol import GenerateRequest, GenerateResponse
-from shared.rewards import RewardScores, WeightedReward, score_completions
+from shared.rewards import RewardScores, WeightedReward
 from trainer.adapter_sync import AdapterSync, Pushed
 from trainer.batching import Sequence, collate, micro_batches, question_indices, same_prompt
 from trainer.distributed import Ranks
-from trainer.evaluation import strictly_correct
+from trainer.evaluation import score_reply, strictly_correct
 from trainer.generators import Generator, GeneratorError
 from trainer.grpo import (
     LossConfig,
@@ -156,19 +156,9 @@ def sample(run: Run, step: int, adapter_version: int | None) -> GenerateResponse
 
 
 def score(run: Run, problems: list[Problem], reply: GenerateResponse) -> RewardScores:
-    """Every reward on every one of the reply's P × G completions, grouped by question, called as
-    TRL calls reward functions (``shared.rewards.score_completions``): each dataset column one
-    keyword argument, repeated for each completion of its question. The prompts are chat messages,
-    so each completion comes in TRL's conversational form, ``[{"role": "assistant", "content": ...}]``."""
-    completions = [completion for group in reply.groups for completion in group.completions]
-    group_size = run.settings.num_generations
-    return score_completions(
-        prompts=[problem.prompt for problem in problems for _ in range(group_size)],
-        completions=[[{"role": "assistant", "content": completion.text}] for completion in completions],
-        rewards=run.rewards,
-        completion_ids=[completion.token_ids for completion in completions],
-        **{column: [p.columns[column] for p in problems for _ in range(group_size)] for column in problems[0].columns},
-    )
+    """Every reward on every one of the reply's P × G completions, grouped by question
+    (``trainer.evaluation.score_reply``)."""
+    return score_reply(problems, reply, run.rewards)
 
 
 def sequences_of(reply: GenerateResponse, advantages: torch.Tensor) -> list[Sequence]:
