@@ -25,9 +25,11 @@ Peers (``--peers``; ours in merge mode always runs, the others are compared with
 
 Resumable: with the same ``--output-dir``, a finished SFT adapter, evaluation or peer run is kept,
 ours continues from its newest checkpoint and TRL from its own. One seed of the recipe at 256
-tokens is about two hours on 2 cores; ``--seeds 1`` then ``--seeds 1 2`` ... runs it a sitting at
-a time. Writes ``time-to-accuracy/curves.json``, ``time-to-accuracy.md`` (the tables) and
-``time_to_accuracy.png`` (accuracy by step and by training minute).
+tokens is about two hours on 2 cores; ``--seeds 1`` then ``--seeds 2`` ... runs it a sitting at
+a time: ``curves.json`` keeps the seeds run before (``earlier_seeds``), so a results page's copy of
+it, put in a fresh ``--output-dir``, is continued the same way. Writes
+``time-to-accuracy/curves.json``, ``time-to-accuracy.md`` (the tables) and ``time_to_accuracy.png``
+(accuracy by step and by training minute).
 """
 
 import json
@@ -36,7 +38,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.measure import LORA_SERVER, SHARED_SERVER, Figure
+from benchmarks.measure import LORA_SERVER, SHARED_SERVER, Figure, machine
 from benchmarks.training import OURS_VARIANTS, run_process
 from grpo_math import recipe
 from grpo_math.pipeline import Phases, run_pipeline
@@ -74,11 +76,11 @@ def time_to_accuracy(context) -> list[Figure]:
     folder = context.output_dir / "time-to-accuracy"
     peers = ["merge", *(peer for peer in context.peers if peer != "merge" and (peer in OURS or peer in TRL_MODES))]
     merge_url = context.server(*SHARED_SERVER).url
-    curves: dict[str, dict[str, dict]] = {}  # seed → peer → curve
+    curves = earlier_seeds(folder / "curves.json", size["seeds"])  # seed → peer → curve
     for seed in size["seeds"]:
         seed_dir = folder / f"seed-{seed}"
         sft = warm_up(seed_dir, merge_url, seed, size)
-        curves[str(seed)] = {"sft": step_zero(seed_dir, sft)}
+        curves[str(seed)] = {"cpu": machine()["cpu"], "sft": step_zero(seed_dir, sft)}
         for peer in peers:
             run_dir = seed_dir / peer
             if peer in TRL_MODES:
@@ -95,6 +97,21 @@ def time_to_accuracy(context) -> list[Figure]:
 
 
 # ---- the runs -----------------------------------------------------------------------------------
+
+
+def earlier_seeds(curves_file: Path, seeds: tuple[int, ...]) -> dict:
+    """The curves of seeds measured in an earlier sitting and not run now (``curves.json`` kept from
+    before, or a results page's copy put there), so that seeds run a sitting at a time, or on
+    different machines, add up. Each seed's ratios compare peers that ran on the same machine;
+    ``cpu`` says which."""
+    if not curves_file.exists():
+        return {}
+    return {seed: curve for seed, curve in json.loads(curves_file.read_text()).items() if int(seed) not in seeds}
+
+
+def peer_curves(by_peer: dict) -> dict:
+    """One seed's curves by peer, without its SFT adapter's evaluation and its CPU."""
+    return {peer: curve for peer, curve in by_peer.items() if peer not in ("sft", "cpu")}
 
 
 def evaluation(size: dict, **overrides) -> dict:
@@ -255,8 +272,9 @@ def figures(curves: dict, peers: list[str], steps: int) -> list[Figure]:
     to the SFT adapter's strict accuracy + 10 points, and the seconds per step, over the seeds."""
     result = []
     for peer in peers[1:]:
-        trained = {seed: c for seed, c in curves.items() if "error" not in c[peer] and "error" not in c["merge"]}
-        errors = [c[peer]["error"] for c in curves.values() if "error" in c[peer]]
+        ran = {seed: c for seed, c in curves.items() if peer in c}  # an earlier sitting may have run fewer peers
+        trained = {seed: c for seed, c in ran.items() if "error" not in c[peer] and "error" not in c["merge"]}
+        errors = [c[peer]["error"] for c in ran.values() if "error" in c[peer]]
         note = f"not runnable here as it ships: {errors[0][:300]}" if errors and not trained else ""
         goals = GOALS if peer in TRL_MODES else {"accuracy": None, "time": None}
         for metric, label in (("strict_accuracy", "strict"), ("lenient_accuracy", "lenient")):
@@ -292,14 +310,15 @@ def percent(metric: dict) -> str:
 def tables(curves: dict, steps: int) -> str:
     """Markdown: per seed and peer, held-out strict and lenient accuracy and strict format at each
     evaluation with Wilson intervals, the training minutes there, and the sampled right answers."""
+    machines = ", ".join(f"seed {seed}: {by_peer.get('cpu', 'CPU not recorded')}" for seed, by_peer in curves.items())
     lines = [
+        f"Measured on {machines}.",
+        "",
         "| seed | peer | step | training min | strict accuracy % | lenient accuracy % | strict format % |",
         "|---|---|---|---|---|---|---|",
     ]
     for seed, by_peer in curves.items():
-        for peer, curve in by_peer.items():
-            if peer == "sft":
-                continue
+        for peer, curve in peer_curves(by_peer).items():
             if "error" in curve:
                 lines.append(f"| {seed} | {peer} | — | — | failed: {curve['error'][:120]} | | |")
                 continue
@@ -310,7 +329,7 @@ def tables(curves: dict, steps: int) -> str:
     lines += ["", "Sampled completions strictly right, mean of the first and the last 10 steps:", "",
               "| seed | peer | first 10 steps | last 10 steps |", "|---|---|---|---|"]  # fmt: skip
     for seed, by_peer in curves.items():
-        for peer, curve in by_peer.items():
+        for peer, curve in peer_curves(by_peer).items():
             sampled = [value for value in curve.get("sampled_strict_accuracy", []) if value is not None]
             if sampled:
                 window = min(10, max(1, len(sampled) // 3))
@@ -331,8 +350,8 @@ def chart(path: Path, curves: dict) -> None:
     colours = dict(zip(["merge", "recipe", "trl-colocate", "lora", *OURS_VARIANTS], palette))
     markers = "os^Dv"
     for index, (seed, by_peer) in enumerate(curves.items()):
-        for peer, curve in by_peer.items():
-            if peer == "sft" or "error" in curve:
+        for peer, curve in peer_curves(by_peer).items():
+            if "error" in curve:
                 continue
             points = [curve["step_zero"], *curve["points"]]
             accuracy = [100 * p["strict_accuracy"]["value"] for p in points]

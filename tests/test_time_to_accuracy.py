@@ -2,9 +2,11 @@
 the accuracy difference at the last step, the training time to the SFT adapter's accuracy + 10
 points, and what is said where a peer never reaches it or could not run."""
 
+import json
+
 import pytest
 
-from benchmarks.time_to_accuracy import figures, reached, tables
+from benchmarks.time_to_accuracy import earlier_seeds, figures, reached, tables
 
 
 def point(step: int, minutes: float, strict: float, lenient: float | None = None) -> dict:
@@ -57,3 +59,22 @@ def test_reached_takes_the_first_evaluation_at_the_target_and_the_tables_name_ev
     assert "| 1 | recipe | 40 | 150.0 | 40.0 [35.0–45.0] |" in text
     assert "| 2 | trl-colocate | — | — | failed: ValidationError" in text
     assert "| 1 | merge | 10.0 % | 30.0 % |" in text  # the sampled right answers, first and last 10 steps
+
+
+def test_seeds_from_an_earlier_sitting_are_kept_and_each_names_its_cpu(tmp_path):
+    """Seeds are run a sitting at a time: curves.json keeps the seeds not run now, the one run now
+    replaces its own entry, and a seed whose sitting ran fewer peers leaves those peers' figures to
+    the seeds that ran them."""
+    curves_file = tmp_path / "curves.json"
+    earlier = {"1": {"cpu": "AMD EPYC", **{k: v for k, v in CURVES["1"].items() if k != "trl-colocate"}},
+               "2": CURVES["2"]}  # fmt: skip
+    curves_file.write_text(json.dumps(earlier))
+    assert earlier_seeds(curves_file, seeds=(2,)) == {"1": earlier["1"]}
+    assert earlier_seeds(tmp_path / "absent.json", seeds=(1,)) == {}
+    curves = {**earlier_seeds(curves_file, seeds=(2,)), "2": {"cpu": "Intel Xeon", **CURVES["2"]}}
+    text = tables(curves, steps=40)
+    assert text.startswith("Measured on seed 1: AMD EPYC, seed 2: Intel Xeon.")
+    assert "| 1 | cpu |" not in text
+    by_name = {figure.name: figure for figure in figures(curves, ["merge", "recipe", "trl-colocate"], steps=40)}
+    assert by_name["held-out strict accuracy at step 40: ours − recipe"].repetitions == 2
+    assert "bitsandbytes" in by_name["training time to SFT + 10 points: trl-colocate ÷ ours"].note  # seed 2's
