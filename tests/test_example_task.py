@@ -59,6 +59,7 @@ def rise(server_url: str, run_dir: Path, weights: tuple[str, str]) -> tuple[floa
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     similarity = [row["rewards/score/mean"] for row in rows]
     assert len(similarity) == 3 * WINDOW and all("rewards/exact_match/mean" in row for row in rows)
+    assert not any("strict_accuracy" in row for row in rows)  # no answer column: nothing to count, no NaN written
     first, last = sum(similarity[:WINDOW]) / WINDOW, sum(similarity[-WINDOW:]) / WINDOW
     exact = [row["rewards/exact_match/mean"] for row in rows]
     print(

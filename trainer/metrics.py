@@ -153,7 +153,6 @@ def metrics_row(
         REWARD: rewards.nanmean().item(),  # NaN: a completion no reward function applied to
         REWARD_STD: rewards[~rewards.isnan()].std().item(),
         **reward_statistics(scores.per_function),
-        STRICT_ACCURACY: sum(strictly_correct) / len(strictly_correct) if strictly_correct else math.nan,
         ZERO_STD_GROUPS: int((rewards.std(dim=1) == 0).sum()),
         SEQUENCES_TRAINED: stats.sequences,
         COMPLETION_LENGTH_MEAN: sum(lengths) / len(lengths),
@@ -167,6 +166,8 @@ def metrics_row(
         **timing_metrics(timings),
         GENERATION_TOKENS_PER_S: sum(lengths) / max(timings["sample"], 1e-9),
     }
+    if strictly_correct:  # a task without an ``answer`` column has no right answer to count
+        row[STRICT_ACCURACY] = sum(strictly_correct) / len(strictly_correct)
     format_scores = scores.per_function.get(match_format_exactly.__name__)
     if format_scores is not None:  # the strict format's own reward: > 0 where the format matched
         row[FORMAT_EXACT_RATE] = sum(score > 0 for score in format_scores) / len(format_scores)
