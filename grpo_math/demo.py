@@ -25,16 +25,14 @@ from pathlib import Path
 from grpo_math import recipe
 from grpo_math.pipeline import Phases, PipelineError, generator_server, run_pipeline
 from grpo_math.study_report import sampled_accuracy
+from shared.datasets import WORKED_SOLUTIONS_HELP
 from shared.settings import at_least, check_fields, parse_settings, positive, setting
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     output_dir: str | None = setting(None, "run folder; none = runs/demo-<time>")
-    dataset: str = setting(
-        recipe.EASY_DATASET,
-        "questions and worked solutions: gsm8k, gsm8k-hub, arithmetic:D (D = 1..4) or a JSONL file",
-    )
+    dataset: str = setting(recipe.EASY_DATASET, WORKED_SOLUTIONS_HELP)
     sft_steps: int = setting(recipe.EASY_SFT_STEPS, "SFT (format warm-up) steps", check=at_least(1))
     grpo_steps: int = setting(40, "GRPO steps", check=at_least(1))
     prompts_per_step: int = setting(recipe.EASY_PROMPTS_PER_STEP, "questions per GRPO step", check=at_least(1))

@@ -45,7 +45,7 @@ from grpo_math.study_report import (
     results_table,
     sampled_accuracy,
 )
-from shared.datasets import dataset_problem
+from shared.datasets import WORKED_SOLUTIONS_HELP, dataset_problem
 from shared.settings import at_least, check_fields, parse_settings, positive, require, setting, write_config
 
 QUICK = dict(
@@ -62,9 +62,7 @@ QUICK = dict(
 @dataclass(frozen=True)
 class StudySettings:
     output_dir: str | None = setting(None, "study folder; none = runs/study-<time>")
-    dataset: str = setting(
-        "gsm8k", "questions and worked solutions: gsm8k, gsm8k-hub, arithmetic:D (D = 1..4) or a JSONL file"
-    )
+    dataset: str = setting("gsm8k", WORKED_SOLUTIONS_HELP)
     seeds: tuple[int, ...] = setting((1, 2, 3), "one SFT + GRPO run per seed")
     eval_limit: int = setting(200, "the first N test questions, for every evaluation", check=at_least(1))
     base_max_completion_length: int = setting(

@@ -35,6 +35,7 @@ DATASET_HELP = (
     "datasets.load_dataset loads: a .json/.jsonl/.csv/.parquet file, a folder, a hub name[:config]; rows with "
     "TRL's 'prompt' column (or GSM8K's question/answer), the other columns passed to the reward functions"
 )
+WORKED_SOLUTIONS_HELP = f"prompts with worked solutions (TRL's 'completion' column, or GSM8K's answers): {DATASET_HELP}"
 SYSTEM_PROMPT_HELP = "system message before each plain-text prompt; none = the notebook's (its four tags), '' = none"
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from shared.datasets import DATASET_HELP, SYSTEM_PROMPT_HELP, dataset_problem, load_problems
+from shared.datasets import SYSTEM_PROMPT_HELP, WORKED_SOLUTIONS_HELP, dataset_problem, load_problems
 from shared.gsm8k import solution_reasoning
 from shared.models import local_model_problems, resolve_model
 from shared.prompting import Problem, format_reference_completion
@@ -35,9 +35,7 @@ class SFTSettings:
     output_dir: str = setting("runs/sft", "where the adapter (PEFT) is saved")
     model: str = setting("auto", "hub id or folder; auto = Qwen2.5-3B-Instruct on CUDA, the embedded model on CPU")
     max_steps: int = setting(40, "optimizer steps", check=at_least(1))
-    dataset: str = setting(
-        "gsm8k", f"prompts with worked solutions (TRL's 'completion' column, or GSM8K's answers): {DATASET_HELP}"
-    )
+    dataset: str = setting("gsm8k", WORKED_SOLUTIONS_HELP)
     dataset_train_split: str = setting(TrainSettings.dataset_train_split, "the split trained on")
     system_prompt: str | None = setting(TrainSettings.system_prompt, SYSTEM_PROMPT_HELP)
     per_device_train_batch_size: int = setting(8, "examples per step", check=at_least(1))
