@@ -200,3 +200,21 @@ def test_weights_are_one_each_without_reward_weights_and_one_per_function_with_t
     with pytest.raises(SettingsError, match="--reward-funcs two functions share a name"):
         TrainSettings(reward_funcs=(DEFAULT_REWARD_FUNCS[0], DEFAULT_REWARD_FUNCS[0]))
     assert isinstance(custom[0], WeightedReward)
+
+
+def test_the_control_arms_keep_the_formats_score_and_the_correctness_scores_spread_but_not_their_owners():
+    """The two controls of a correctness claim, as flags give them: format only (the correctness
+    weights 0) scores every completion by its format alone; random correctness gives the batch the
+    same correctness values (same mean and spread) in another order. Conversational completions,
+    as the trainer passes them."""
+    texts, answers = [case[1] for case in CASES], [case[2] for case in CASES]
+    completions = [[{"role": "assistant", "content": text}] for text in texts]
+    correctness = [case[5] + case[6] for case in CASES]
+    formats = [case[3] + case[4] for case in CASES]
+
+    format_only = load_rewards(DEFAULT_REWARD_FUNCS, weights=[1, 1, 0, 0])
+    assert score_completions(None, completions, format_only, answer=answers).total == pytest.approx(formats)
+
+    random_arm = load_rewards([*DEFAULT_REWARD_FUNCS[:2], "shared.control_rewards:shuffled_correctness"])
+    shuffled = score_completions(None, completions, random_arm, answer=answers).per_function["shuffled_correctness"]
+    assert sorted(shuffled) == sorted(correctness) and shuffled != correctness  # CASES holds distinct values
