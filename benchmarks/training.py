@@ -425,6 +425,17 @@ def update(context) -> list[Figure]:
         value_figure(f"sampler–trainer gap, nats per token: {name}", [gap], "nats")
         for name, gap in result["sampler_gap"].items()
     ]
+    by_dtype = result["matmul_flops_per_second_by_dtype"]
+    rates = ", ".join(f"{name} {value / 1e9:.1f} GFLOP/s" for name, value in by_dtype.items())
+    figures.append(
+        value_figure(
+            "matmul FLOP/s (512 × 512): the compute dtype ÷ the fastest of it, bf16 and float32",
+            [by_dtype[result["compute_dtype"]] / max(by_dtype.values())],
+            "×",
+            goal=">= 0.5",
+            note=f"compute dtype {result['compute_dtype']} (shared.models.cpu_compute_dtype on CPU); {rates}",
+        )
+    )
     rate = result["matmul_flops_per_second"] / 1e9
     matmul = f"matmul {rate:.0f} GFLOP/s in the compute dtype, {result['threads']} threads"
     for name in ("per-micro-batch", "head gradient in the forward", "shared prompt forward"):

@@ -246,6 +246,11 @@ def main() -> int:
             for name, variant in VARIANTS.items()
         },
         "matmul_flops_per_second": matmul_flops_per_second(device, compute_dtype),
+        "compute_dtype": str(compute_dtype).removeprefix("torch."),
+        "matmul_flops_per_second_by_dtype": {  # small products: bf16 without native kernels is slow
+            str(dtype).removeprefix("torch."): matmul_flops_per_second(device, dtype, size=512)
+            for dtype in dict.fromkeys((compute_dtype, torch.bfloat16, torch.float32))
+        },
         "padding_share": (padded - real) / padded,
         "tokens": real,
         "threads": torch.get_num_threads(),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from shared.models import is_missing_folder
+from shared.models import cpu_compute_dtype, is_missing_folder
 from shared.protocol import MAX_N, ServerLimits
 from shared.settings import Check, at_least, check_fields, positive, read_api_key, require, setting, within
 from shared.versions import DEFAULT_ADAPTER_KEEP
@@ -42,7 +42,9 @@ class ServerSettings:
         None, "file holding the key that /v1/* requires as 'Authorization: Bearer KEY'; else $GRPO_MATH_API_KEY"
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = setting(
-        "auto", "weights and activations; auto = the model's own (bf16 for both defaults)"
+        "auto",
+        "weights and activations; auto = the model's own on GPU (bf16 for the default), on CPU bfloat16 where the "
+        "CPU has native bf16 instructions (AVX512-BF16), float32 where it has not",
     )
     max_model_len: int = setting(4096, "prompt + completion tokens per sequence", check=at_least(16))
     max_lora_rank: int = setting(16, "largest LoRA rank an adapter may have", check=at_least(1))
@@ -134,9 +136,9 @@ class ServerSettings:
 
     def resolved(self, on_cpu: bool) -> "ServerSettings":
         """The settings with ``auto`` choices made for this device."""
-        return dataclasses.replace(
-            self, adapter_mode=("merge" if on_cpu else "lora") if self.adapter_mode == "auto" else self.adapter_mode
-        )
+        adapter_mode = ("merge" if on_cpu else "lora") if self.adapter_mode == "auto" else self.adapter_mode
+        dtype = str(cpu_compute_dtype()).removeprefix("torch.") if on_cpu and self.dtype == "auto" else self.dtype
+        return dataclasses.replace(self, adapter_mode=adapter_mode, dtype=dtype)
 
     def serves_nf4_copy(self) -> bool:
         return self.quantization in ("auto", "nf4-dequantized")

@@ -127,6 +127,18 @@ def plain_bitsandbytes_notices() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_PlainKernelsNotice())
 
 
+def cpu_compute_dtype():
+    """The dtype both services compute in on this CPU: bf16 where the CPU multiplies bf16 natively
+    (AVX512-BF16, which every AMX CPU has too), float32 elsewhere. Without those instructions
+    PyTorch's and vLLM's bf16 kernels convert every element and run many times slower than their
+    float32 ones (docs/performance.md has the measured ratios), so bf16 would buy half the memory at
+    a cost no laptop run can pay. The test is the one vLLM's CPU platform uses to pick its kernels,
+    and reads the CPU itself, not the ISA caps (``ONEDNN_MAX_CPU_ISA``) a process may set."""
+    import torch
+
+    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32
+
+
 def nf4_quantization_config(compute_dtype):
     """The 4-bit quantisation of the trainer's base model, defined once: the server's
     nf4-dequantized copy must hold exactly the weights the trainer computes with, or the

@@ -159,3 +159,20 @@ def test_the_rooms_import_only_downwards(package, forbidden):
     for path in root.rglob("*.py"):
         for name in imported_modules(path):
             assert not any(name == room or name.startswith(room + ".") for room in forbidden), (path.name, name)
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bfloat16"), (False, "float32")])
+def test_both_services_compute_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native_bf16, expected):
+    """Without AVX512-BF16 a bf16 matmul runs many times slower than a float32 one (both in PyTorch,
+    the trainer, and in vLLM, the server), so on such a CPU the server's ``--dtype auto`` and the
+    trainer's compute dtype are float32; with it, bf16. The two always agree, so the sampler
+    serves what the trainer computes; on a GPU ``--dtype auto`` stays the model's own."""
+    import torch
+
+    from trainer.policy import compute_dtype_for
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    assert ServerSettings().resolved(on_cpu=True).dtype == expected
+    assert compute_dtype_for(torch.device("cpu")) == getattr(torch, expected)
+    assert ServerSettings(dtype="float32").resolved(on_cpu=True).dtype == "float32"  # a given dtype is kept
+    assert ServerSettings().resolved(on_cpu=False).dtype == "auto"

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from shared.models import nf4_quantization_config
+from shared.models import cpu_compute_dtype, nf4_quantization_config
 from shared.protocol import AdapterUpload
 from trainer.batching import MicroBatch
 
@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 
 
 def compute_dtype_for(device: torch.device) -> torch.dtype:
-    """fp16 on GPU, as the recipe; bf16 on CPU (faster than fp32 there, at lower memory: see
-    docs/performance.md)."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+    """fp16 on GPU, as the recipe; on CPU ``shared.models.cpu_compute_dtype``: bf16 where the CPU
+    has native bf16 instructions, float32 where it has not."""
+    return torch.float16 if device.type == "cuda" else cpu_compute_dtype()
 
 
 def load_policy(

@@ -148,8 +148,8 @@ class TrainSettings:
     )
     lm_head_dtype: Literal["float32", "compute"] = setting(
         "compute",
-        "the LM head's matrix product when scoring completions: float32, or the compute dtype (bf16 on CPU, "
-        "fp16 on GPU; the softmax stays float32)",
+        "the LM head's matrix product when scoring completions: float32, or the compute dtype (fp16 on GPU; on "
+        "CPU bf16 where it has native bf16 instructions, else float32; the softmax stays float32)",
     )
     dequantize_once: Literal["auto", "on", "off"] = setting(
         "auto",
@@ -239,8 +239,8 @@ def resolve(settings: TrainSettings, cuda: bool, dequantized_copy_bytes: int, fr
     - ``--dequantize-once``: on where the dequantised copy of the nf4 base (``dequantized_copy_bytes``;
       0 without an nf4 base) takes under a quarter of the free memory.
 
-    ``--lm-head-dtype compute`` stays as it is: the compute dtype is the device's (bf16 on CPU, fp16
-    on GPU). A run writes these settings to its ``settings.json``.
+    ``--lm-head-dtype compute`` stays as it is: the compute dtype is the device's
+    (``trainer.policy.compute_dtype_for``). A run writes these settings to its ``settings.json``.
 
     >>> on_cpu = resolve(TrainSettings(), cuda=False, dequantized_copy_bytes=2**28, free_memory_bytes=2**33)
     >>> on_cpu.gradient_checkpointing, on_cpu.shared_prompt_forward, on_cpu.dequantize_once

@@ -26,7 +26,7 @@ from shared.gsm8k import solution_reasoning
 from shared.models import local_model_problems, resolve_model
 from shared.prompting import Problem, format_reference_completion
 from shared.settings import SettingsError, at_least, check_fields, parse_settings, positive, require, setting
-from trainer.policy import load_policy
+from trainer.policy import compute_dtype_for, load_policy
 from trainer.settings import TrainSettings
 
 
@@ -119,7 +119,7 @@ def run_sft(settings: SFTSettings) -> Path:
         project="grpo-math",
         seed=settings.seed,
         use_cpu=device.type == "cpu",
-        bf16=device.type == "cpu",  # the nf4 compute dtype on CPU (see trainer.policy)
+        bf16=compute_dtype_for(device) == torch.bfloat16,  # the nf4 compute dtype (trainer.policy)
         fp16=device.type == "cuda",
         dataloader_num_workers=0,
     )

@@ -32,14 +32,13 @@ def main() -> int:
 
 
 def run(args) -> None:
-    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
 
     from shared.gsm8k import load_gsm8k
-    from shared.models import nf4_quantization_config
+    from shared.models import cpu_compute_dtype, nf4_quantization_config
     from shared.rewards import REWARD_FUNCTIONS
     from trainer.batching import question_indices
     from trainer.settings import TrainSettings
@@ -57,6 +56,7 @@ def run(args) -> None:
             print("@@", json.dumps({"step": state.global_step, "seconds": now - self.last}), flush=True)
             self.last = now
 
+    dtype = cpu_compute_dtype()  # as this project's trainer on the same CPU
     with tempfile.TemporaryDirectory() as output_dir:
         config = AsyncGRPOConfig(
             output_dir=output_dir,
@@ -68,7 +68,7 @@ def run(args) -> None:
             max_grad_norm=settings.max_grad_norm,
             report_to="none",
             use_cpu=True,
-            model_init_kwargs={"quantization_config": nf4_quantization_config(torch.bfloat16), "dtype": torch.bfloat16},
+            model_init_kwargs={"quantization_config": nf4_quantization_config(dtype), "dtype": dtype},
         )
         trainer = AsyncGRPOTrainer(
             model=args.model,

@@ -84,7 +84,7 @@ def run(args) -> None:
     from shared.rewards import completion_text
     from trainer.batching import question_indices
     from trainer.evaluation import strictly_correct
-    from trainer.policy import load_policy
+    from trainer.policy import compute_dtype_for, load_policy
     from trainer.settings import TrainSettings
 
     settings = TrainSettings()  # the recipe's policy and optimiser settings
@@ -171,7 +171,7 @@ def run(args) -> None:
             save_steps=max(args.save_every, 1),
             report_to="none",
             use_cpu=True,
-            bf16=True,
+            bf16=compute_dtype_for(torch.device("cpu")) == torch.bfloat16,  # as load_policy's nf4 compute
             seed=args.seed,
             dataloader_num_workers=0,
             use_vllm=args.mode == "colocate",
