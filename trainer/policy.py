@@ -50,6 +50,7 @@ def load_policy(
     from transformers import AutoModelForCausalLM
 
     compute_dtype = compute_dtype_for(device)
+    logger.info("policy: %s base, compute dtype %s", "nf4" if lora.load_in_4bit else "unquantised", compute_dtype)
     quantization = nf4_quantization_config(compute_dtype) if lora.load_in_4bit else None
     base = AutoModelForCausalLM.from_pretrained(
         model_path, quantization_config=quantization, dtype=compute_dtype, device_map={"": device}

@@ -122,7 +122,6 @@ def train_ranks(settings: TrainSettings, rewards: tuple[WeightedReward, ...], ra
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(settings, run_dir / "settings.json")  # --config it to run the same again
         logger.info("settings, every auto resolved: %s", ", ".join(f"{k}={v}" for k, v in vars(settings).items()))
-        logger.info("compute dtype: %s (the nf4 base's matmuls and activations)", compute_dtype_for(device))
     ranks.copy_from_main([p for p in learner.policy.parameters() if p.requires_grad])  # one starting adapter
     sync = None
     if ranks.main:
