@@ -23,7 +23,7 @@ def main() -> int:
 
     from shared.models import resolve_model
     from trainer.batching import Sequence, collate, micro_batches
-    from trainer.policy import completion_logprobs, load_policy
+    from trainer.policy import completion_logprobs, compute_dtype_for, load_policy
     from trainer.settings import TrainSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,6 +52,7 @@ def main() -> int:
         (-(logps * batch.completion_mask).sum() / batch.completion_mask.sum()).backward()
     result = {
         "load_in_4bit": args.load_in_4bit,
+        "compute_dtype": str(compute_dtype_for(device)).removeprefix("torch."),  # the unquantised base's dtype too
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_load_mb": loaded_rss_mb,
         "weights_mb": weight_bytes / 2**20,

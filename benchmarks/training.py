@@ -352,8 +352,9 @@ def adapter_sync(context) -> list[Figure]:
 
 
 def trainer_memory(context) -> list[Figure]:
-    """Peak memory of the 4-bit LoRA trainer ÷ the same trainer on a bf16 base, same batch (16
-    sequences × 400 tokens, micro-batch 2), each in a process of its own."""
+    """Peak memory of the 4-bit LoRA trainer ÷ the same trainer on an unquantised base in the compute
+    dtype (bf16 on GPU-less machines with native bf16, where the figure got its name; float32 on a
+    CPU without), same batch (16 sequences × 400 tokens, micro-batch 2), each in a process of its own."""
     sizes = ["--sequences", str(context.sizes["memory_sequences"]), "--tokens", "400", "--micro-batch", "2"]
 
     def probe(four_bit: bool):
@@ -375,7 +376,8 @@ def trainer_memory(context) -> list[Figure]:
     context.bar_chart("trainer_memory", peaks, f"{key.replace('_', ' ')}")
     weights = results["nf4"][0]["weights_mb"], results["bf16"][0]["weights_mb"]
     note = (
-        f"weights {weights[0]:.0f} MB (nf4) vs {weights[1]:.0f} MB (bf16) of a "
+        f"weights {weights[0]:.0f} MB (nf4) vs {weights[1]:.0f} MB ({results['bf16'][0]['compute_dtype']}: the "
+        "compute dtype, float32 on a CPU without native bf16) of a "
         f"{statistics.median(peaks['bf16']):.0f} MB peak: at 135M parameters activations and the LM head's "
         "fp32 logits dominate, not weights"
     )
