@@ -353,8 +353,8 @@ def adapter_sync(context) -> list[Figure]:
 
 def trainer_memory(context) -> list[Figure]:
     """Peak memory of the 4-bit LoRA trainer ÷ the same trainer on an unquantised base in the compute
-    dtype (bf16 on GPU-less machines with native bf16, where the figure got its name; float32 on a
-    CPU without), same batch (16 sequences × 400 tokens, micro-batch 2), each in a process of its own."""
+    dtype (bf16 on a CPU with native bf16, where the figure got its name; float32 on one without;
+    fp16 on GPU), same batch (16 sequences × 400 tokens, micro-batch 2), each in a process of its own."""
     sizes = ["--sequences", str(context.sizes["memory_sequences"]), "--tokens", "400", "--micro-batch", "2"]
 
     def probe(four_bit: bool):
