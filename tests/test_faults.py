@@ -327,21 +327,22 @@ def test_https_with_the_trainers_ca_bundle(tmp_path):
 
 
 def test_a_bounded_soak_of_requests_and_pushes(tmp_path):
-    result = run_soak(seconds=40, clients=3, push_every=1.0, adapter_mode="lora", sample_every=5, settle_seconds=10)
+    result = run_soak(seconds=60, clients=3, push_every=1.0, adapter_mode="lora", sample_every=5, settle_seconds=10)
     print("\nsoak:", json.dumps(result))
     (tmp_path / "soak.json").write_text(json.dumps(result))
     plot([tmp_path / "soak.json"], tmp_path / "soak.png")
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert result["rss_slope_mb_per_hour"] is not None and len(result["samples"]) >= 6
-    assert len(result["rss_10_minute_medians_mb"]) == 1  # one window in 40 s
+    assert len(result["rss_10_minute_medians_mb"]) == 1  # one window in 60 s
     assert len(result["samples"][-1]["rss_by_process_mb"]) >= 3  # the server, vLLM's engine core and worker
     assert 0 < result["adapter_folder_bytes_end"] <= result["adapter_folder_bytes_max"]
     assert result["errors"] == 0, result["first_errors"]
     # The soak is about errors, memory and the keep window under load, not throughput (that is the
     # bench's): every client's requests keep being answered while pushes replace the adapter, and
-    # there are enough pushes that the oldest versions must be unloaded. How many requests fit in
-    # 40 s depends on the machine and what else runs on it, so no count is asked beyond that.
-    assert result["requests"] >= 2 * result["clients"] and result["pushes"] > result["adapter_keep"] + 1
+    # there are more pushes than versions kept, so the oldest must have been unloaded. How many
+    # requests and pushes fit in 60 s depends on the machine (each push is checked and probed while
+    # the clients sample), so no count is asked beyond that.
+    assert result["requests"] >= 2 * result["clients"] and result["pushes"] > result["adapter_keep"]
     assert min(result["loaded_versions"]) > 1  # the oldest versions were unloaded
     assert len(result["loaded_versions"]) <= result["keep_window"]
     assert result["adapter_files_at_end"] <= 2 * result["keep_window"]  # two files per loaded version
