@@ -56,9 +56,9 @@ def test_a_folder_gives_its_splits_and_a_split_may_be_a_slice(tmp_path):
 
 
 def test_every_column_but_the_prompt_reaches_the_reward_functions_once_per_completion(tmp_path):
-    """``trainer.step.score`` calls a reward as TRL does: prompts, completions, completion_ids and
-    each column repeated for each completion of its question."""
-    from trainer.step import score
+    """``trainer.evaluation.score_reply`` (the step's scoring) calls a reward as TRL does: prompts,
+    completions, completion_ids and each column repeated for each completion of its question."""
+    from trainer.evaluation import score_reply
 
     seen = {}
 
@@ -73,8 +73,7 @@ def test_every_column_but_the_prompt_reaches_the_reward_functions_once_per_compl
         for texts in (("cba", "abc"), ("yx", "xy"))
     ]  # fmt: skip
     reply = GenerateResponse.model_validate({"adapter_version": None, "groups": groups})
-    run = SimpleNamespace(settings=TrainSettings(num_generations=2), rewards=(WeightedReward(spy, 1.0),))
-    scores = score(run, problems, reply)
+    scores = score_reply(problems, reply, (WeightedReward(spy, 1.0),))
     assert scores.total == [1.0, 0.0, 1.0, 0.0]
     assert seen["target"] == ["cba", "cba", "yx", "yx"] and seen["level"] == [1, 1, 2, 2]
     assert seen["completion_ids"] == [[5]] * 4 and seen["prompts"][2] == ROWS[1]["prompt"]

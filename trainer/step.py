@@ -38,7 +38,7 @@ import torch
 
 from shared.prompting import Problem
 from shared.protocol import GenerateRequest, GenerateResponse
-from shared.rewards import RewardScores, WeightedReward
+from shared.rewards import WeightedReward
 from trainer.adapter_sync import AdapterSync, Pushed
 from trainer.batching import Sequence, collate, micro_batches, question_indices, same_prompt
 from trainer.distributed import Ranks
@@ -153,12 +153,6 @@ def sample(run: Run, step: int, adapter_version: int | None) -> GenerateResponse
     if reply.adapter_version != adapter_version:  # never train on another policy's samples as if they were ours
         raise GeneratorError(f"asked the server for adapter {adapter_version}, it sampled with {reply.adapter_version}")
     return reply
-
-
-def score(run: Run, problems: list[Problem], reply: GenerateResponse) -> RewardScores:
-    """Every reward on every one of the reply's P × G completions, grouped by question
-    (``trainer.evaluation.score_reply``)."""
-    return score_reply(problems, reply, run.rewards)
 
 
 def sequences_of(reply: GenerateResponse, advantages: torch.Tensor) -> list[Sequence]:
@@ -371,7 +365,7 @@ def train_step(step: int, run: Run, learner: Learner, lead: Lead) -> StepResult:
         batch, staleness, stale_batches_dropped = lead.take(step)
 
     with timed(timings, "score"):
-        scores = score(run, problems, batch.reply)
+        scores = score_reply(problems, batch.reply, run.rewards)  # every reward on the P × G completions
         texts = [completion.text for group in batch.reply.groups for completion in group.completions]
         answers = [problem.answer for problem in problems for _ in range(settings.num_generations)]
         correct = [strictly_correct(text, answer) for text, answer in zip(texts, answers, strict=True) if answer]
