@@ -18,7 +18,7 @@ import pytest
 
 from grpo_math import recipe
 from grpo_math.pipeline import Phases, run_pipeline
-from shared.arithmetic import generate_records, parse_difficulty
+from shared.arithmetic import parse_task, task_records
 from tests.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def sft_dir(server_url, tmp_path_factory) -> Path:
 def questions(tmp_path_factory) -> Path:
     """The first ``QUESTIONS`` train questions of the easy task, as a JSONL file ``--dataset`` reads."""
     path = tmp_path_factory.mktemp("learning-data") / "questions.jsonl"
-    records = generate_records(parse_difficulty(recipe.EASY_DATASET), "train")[:QUESTIONS]
+    records = task_records(parse_task(recipe.EASY_DATASET), "train")[:QUESTIONS]
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return path
 
