@@ -3,12 +3,13 @@ chat messages, and every other column, which reaches the reward functions as key
 
 - ``gsm8k``: the bundled GSM8K copy; ``gsm8k-hub``: ``openai/gsm8k`` through ``datasets``
   (``shared/gsm8k.py``);
-- ``arithmetic:D``: generated problems of difficulty D (``shared/arithmetic.py``);
+- ``arithmetic:D``: generated problems of difficulty D; ``arithmetic:D-E``: difficulties D to E
+  interleaved; ``...:large``: with operands ten times larger (``shared/arithmetic.py``);
 - anything else goes to ``datasets.load_dataset``, as TRL's scripts take a dataset: a local file
   (``.json``/``.jsonl``/``.csv``/``.parquet``, read by its suffix; a single file is one split,
   ``train``), a local folder (its files' names give the splits: ``train.jsonl``,
   ``test.jsonl``, ...), or a hub name, ``name`` or ``name:config``. A split may be a slice,
-  ``train[:90%]``.
+  ``train[:90%]`` (the bundled and generated datasets take counts only: ``test[200:]``).
 
 Rows follow TRL's conventions: a ``prompt`` column, plain text (sent as the user's turn after
 ``--system-prompt``) or conversational (a list of ``{"role", "content"}`` messages, sent as they
@@ -18,20 +19,25 @@ shape (``question``, and ``answer`` ending ``#### N``) are read as GSM8K.
 >>> problems = load_problems("test", "arithmetic:2")
 >>> len(problems), problems[0].prompt[1]["content"] == problems[0].question
 (300, True)
->>> dataset_problem("arithmetic:9"), dataset_problem("gsm8k"), dataset_problem("./no/such.jsonl")
-('arithmetic:9: the difficulty must be one of (1, 2, 3, 4)', None, './no/such.jsonl: no such file or folder')
+>>> dataset_problem("arithmetic:9")
+'arithmetic:9: the difficulty must be one of (1, 2, 3, 4), or a range of them such as 1-2'
+>>> dataset_problem("gsm8k"), dataset_problem("./no/such.jsonl")
+(None, './no/such.jsonl: no such file or folder')
 """
 
+import re
 from pathlib import Path
 
-from shared.arithmetic import PREFIX, generate_records, parse_difficulty
+from shared.arithmetic import PREFIX, parse_task, task_records
 from shared.gsm8k import BUNDLED, HUB, load_gsm8k, problem_from_row
 from shared.prompting import Problem, build_prompt
 from shared.settings import SettingsError
 
+SPLIT_SLICE = re.compile(r"(\w+)(?:\[(-?\d*):(-?\d*)\])?")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}  # datasets' builders
 DATASET_HELP = (
-    "gsm8k (bundled), gsm8k-hub (openai/gsm8k), arithmetic:D (generated, difficulty D = 1..4), or what "
+    "gsm8k (bundled), gsm8k-hub (openai/gsm8k), arithmetic:D (generated, difficulty D = 1..4; "
+    "arithmetic:1-2 mixes difficulties, arithmetic:D:large has 10x larger numbers), or what "
     "datasets.load_dataset loads: a .json/.jsonl/.csv/.parquet file, a folder, a hub name[:config]; rows with "
     "TRL's 'prompt' column (or GSM8K's question/answer), the other columns passed to the reward functions"
 )
@@ -43,15 +49,32 @@ def load_problems(split: str, dataset: str, system_prompt: str | None = None) ->
     """All rows of ``dataset``'s ``split`` as problems, in order. ``system_prompt`` goes before
     plain prompts (None: the notebook's; "": none). A dataset without the columns needed, a split
     it lacks or an empty split raise ``SettingsError`` naming ``--dataset``."""
-    difficulty = parse_difficulty(dataset)
-    if difficulty is not None:
-        return [problem_from_row(record, system_prompt) for record in generate_records(difficulty, split)]
-    if dataset in (BUNDLED, HUB):
-        return load_gsm8k(split, dataset=dataset, system_prompt=system_prompt)
+    task = parse_task(dataset)
+    if task is not None or dataset in (BUNDLED, HUB):
+        name, rows = split_slice(dataset, split)
+        if task is not None:
+            return [problem_from_row(record, system_prompt) for record in task_records(task, name)[rows]]
+        return load_gsm8k(name, dataset=dataset, system_prompt=system_prompt)[rows]
     rows = load_rows(dataset, split)
     if not rows:
         raise SettingsError("dataset", f"{dataset}: the split {split!r} has no rows")
     return [problem_of(row, dataset, system_prompt) for row in rows]
+
+
+def split_slice(dataset: str, split: str) -> tuple[str, slice]:
+    """A split name with an optional slice of counts, as ``datasets`` writes one, for the bundled
+    and generated datasets.
+
+    >>> [split_slice("gsm8k", split) for split in ("test", "test[200:]", "train[:-10]")]
+    [('test', slice(None, None, None)), ('test', slice(200, None, None)), ('train', slice(None, -10, None))]
+    """
+    match = SPLIT_SLICE.fullmatch(split)
+    if match is None:
+        raise SettingsError(
+            "dataset", f"{dataset}: the split {split!r} must be a name, or one and a slice of counts: test[200:]"
+        )
+    name, start, stop = match.groups()
+    return name, slice(int(start) if start else None, int(stop) if stop else None)
 
 
 def load_rows(dataset: str, split: str) -> list[dict]:
@@ -123,7 +146,7 @@ def dataset_problem(dataset: str) -> str | None:
     ``arithmetic:D`` out of range, or a local path (``/``, ``.``, ``~``) that does not exist. A
     hub name is checked when it loads."""
     try:
-        parse_difficulty(dataset)
+        parse_task(dataset)
     except ValueError as error:
         return str(error)
     if dataset in (BUNDLED, HUB) or dataset.startswith(PREFIX):
