@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from shared.models import cpu_model_name
 from shared.protocol import GenerateRequest
 from trainer.generators import Generator
 
@@ -81,12 +82,6 @@ class Interleaved:
 
 def machine() -> dict:
     """The machine and the versions behind the figures."""
-    cpu_model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu_model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     packages = {}
     for name in ("torch", "vllm", "transformers", "trl", "peft", "bitsandbytes"):
         try:
@@ -94,7 +89,7 @@ def machine() -> dict:
         except importlib.metadata.PackageNotFoundError:
             packages[name] = None
     return {
-        "cpu": cpu_model,
+        "cpu": cpu_model_name(),
         "cores": len(os.sched_getaffinity(0)),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

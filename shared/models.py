@@ -139,6 +139,18 @@ def cpu_compute_dtype():
     return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name as ``lscpu`` shows it (every results page names the CPU its figures came
+    from); the platform's processor string where ``/proc/cpuinfo`` has none."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def nf4_quantization_config(compute_dtype):
     """The 4-bit quantisation of the trainer's base model, defined once: the server's
     nf4-dequantized copy must hold exactly the weights the trainer computes with, or the
