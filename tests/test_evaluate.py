@@ -48,6 +48,7 @@ def test_summary_counts_rates_with_wilson_intervals_and_pass_and_majority_at_k()
                     **row,
                     "question_index": question,
                     "gold": "1080",
+                    "logprob_sum": -2.0 if answer == "1080" else -0.5,  # the sampler's log π of the 4 tokens
                     "rewards": {
                         "match_format_exactly": 3.0,
                         "match_format_approximately": 2.0,
@@ -56,7 +57,7 @@ def test_summary_counts_rates_with_wilson_intervals_and_pass_and_majority_at_k()
                     },
                 }
             )
-    summary = summarise(rows, num_generations=3)
+    summary = summarise(rows, num_generations=3, temperature=1.0)
     assert summary["strict_accuracy"]["successes"] == 3 and summary["strict_accuracy"]["value"] == 0.5
     # equal, not close: the same float64 operations on both sides, and halves are exact in binary
     assert summary["strict_accuracy"]["ci95"] == list(wilson_interval(3, 6))
@@ -64,6 +65,8 @@ def test_summary_counts_rates_with_wilson_intervals_and_pass_and_majority_at_k()
     assert summary["pass@3"]["value"] == 1.0  # both questions have a right sample
     assert summary["maj@3"]["value"] == 0.5  # only the first question's majority is right
     assert summary["reward/check_answer_correctness"] == (3 + 3 - 0.5 - 0.5 - 0.5 + 3) / 6
+    assert summary["entropy_per_token"] == (3 * 2.0 + 3 * 0.5) / (6 * 4)  # −Σ log π / tokens; exact in binary
+    assert "entropy_per_token" not in summarise(rows, num_generations=3)  # greedy: no distribution sampled
 
 
 def test_wilson_interval_edges():

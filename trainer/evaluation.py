@@ -6,7 +6,9 @@ Metrics per model: strict format rate (the shared strict pattern), strict accura
 and the ``<SOLUTION>`` text equals the answer once spaces, ``$``, commas and a trailing ``.`` are
 stripped), lenient accuracy (the last number anywhere equals the answer), each reward's mean,
 completion length and truncation rate; rates with 95 % Wilson intervals; pass@k and maj@k when
-each question is sampled k times (``num_generations`` = k).
+each question is sampled k times (``num_generations`` = k); when sampled (temperature > 0), the
+sampled tokens' mean −log π, an unbiased estimate of the per-token entropy of the distribution
+sampled from (the policy's own at temperature 1).
 """
 
 import math
@@ -125,8 +127,9 @@ def rate_metrics(summary: dict) -> list[str]:
     return [name for name in RATE_METRICS if name in summary]
 
 
-def summarise(rows: list[dict], num_generations: int) -> dict:
-    """Rates with Wilson intervals, reward means, lengths; pass@k and maj@k when sampling."""
+def summarise(rows: list[dict], num_generations: int, temperature: float = 0.0) -> dict:
+    """Rates with Wilson intervals, reward means, lengths; pass@k and maj@k when sampling k per
+    question; the entropy per token when sampled (``temperature`` > 0)."""
     total = len(rows)
     answered = all(r["strict_correct"] is not None for r in rows)  # a task without answers: rewards only
     counts = {
@@ -145,6 +148,8 @@ def summarise(rows: list[dict], num_generations: int) -> dict:
         if applied:
             summary[f"reward/{name}"] = sum(applied) / len(applied)
     summary["completion_length_mean"] = sum(r["tokens"] for r in rows) / total
+    if temperature > 0:  # the sampled tokens' mean −log π estimates the entropy of what they came from
+        summary["entropy_per_token"] = -sum(r["logprob_sum"] for r in rows) / max(1, sum(r["tokens"] for r in rows))
     if num_generations > 1 and answered:
         by_question: dict[int, list[dict]] = {}
         for row in rows:
@@ -230,9 +235,12 @@ def evaluate(
                         "completion": completion.text,
                         **verdicts(problem, completion.text, len(completion.token_ids), completion.finish_reason),
                         "rewards": {name: values[flat] for name, values in scores.items()},
+                        "prompt_token_ids": group.prompt_token_ids,
+                        "completion_token_ids": completion.token_ids,
+                        "logprob_sum": sum(completion.logprobs),  # the sampler's log π of the completion
                     }
                 )
-    return summarise(rows, num_generations), rows
+    return summarise(rows, num_generations, temperature), rows
 
 
 def bar_chart(summaries: dict[str, dict], path: Path, title: str) -> None:
