@@ -9,7 +9,9 @@ rewritten into the format: the reasoning (``<<…>>`` annotations removed) betwe
 ``</SOLUTION>``. A dataset of another task brings its own answers in TRL's ``completion`` column
 (text or assistant messages). The examples are prompt/completion pairs, so the loss covers the
 assistant turn only. The output is a PEFT adapter for ``grpo-math train
---init-adapter``. Left out: packing, evaluation during training.
+--init-adapter``; ``--save-every N`` also keeps the adapter of every N-th step (to find where SFT
+stops improving, evaluated afterwards: ``grpo-math arms``). Left out: packing, evaluation during
+training.
 
     grpo-math sft --output-dir runs/sft --max-steps 40
     grpo-math train --init-adapter runs/sft
@@ -44,6 +46,11 @@ class SFTSettings:
         576, "tokens per example (prompt + solution); longer ones are truncated", check=at_least(32)
     )
     seed: int = setting(42, "example order and LoRA init")
+    save_every: int = setting(
+        0,
+        "also save the adapter every N steps, as output_dir/trainer/checkpoint-N (0 = only at the end)",
+        check=at_least(0),
+    )
     load_in_4bit: bool = setting(TrainSettings.load_in_4bit, "nf4 double-quant base, as grpo-math train")
     lora_r: int = setting(TrainSettings.lora_r, "LoRA rank", check=at_least(1))
     lora_alpha: int = setting(TrainSettings.lora_alpha, "LoRA alpha", check=positive())
@@ -113,7 +120,9 @@ def run_sft(settings: SFTSettings) -> Path:
         max_length=settings.max_length,
         completion_only_loss=True,  # loss on the assistant turn only
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if settings.save_every else "no",
+        save_steps=settings.save_every or 500,  # read only with save_strategy "steps"
+        save_only_model=True,  # the adapter, not the optimizer: an evaluation point, not a resume point
         report_to=[] if settings.report_to == "none" else ["trackio"],
         run_name=f"sft-{output_dir.name}",
         project="grpo-math",
