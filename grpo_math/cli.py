@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("trainer.report", "render a run's curves (rewards, format rate, lengths, timing) to PNGs"),
     "demo": ("grpo_math.demo", "the CPU demo: server, SFT, GRPO, evaluation, report (what `make demo` runs)"),
     "study": ("grpo_math.study", "does GRPO teach the maths? long runs over seeds, test accuracy with intervals"),
+    "arms": ("grpo_math.arms", "what GRPO adds beyond SFT: converged SFT, GRPO, controls, in and out of distribution"),
     "calibrate": (
         "grpo_math.calibrate",
         "which difficulty of the generated task suits the model (base, SFT accuracy)",
