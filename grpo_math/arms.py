@@ -14,7 +14,9 @@ Per seed (``seed-N/``):
 
    - ``sft``: the converged SFT adapter, no more training;
    - ``sft-grpo``: GRPO from it (the recipe's real order: SFT, then RL);
-   - ``sft10-grpo``: GRPO from the ``--sft-short-steps`` adapter (the demo's warm-up);
+   - ``sft10-grpo``: GRPO from the ``--sft-short-steps`` adapter (the demo's warm-up; kept from the
+     same SFT run, whose learning rate is constant: a 10-step run's adapter but for the examples'
+     order, which TRL shuffles over the whole run's examples);
    - ``random-reward``: as ``sft-grpo``, the correctness rewards replaced by a random reward of the
      same mean and spread (``shared.control_rewards:shuffled_correctness``);
    - ``format-only``: as ``sft-grpo``, the correctness rewards' weights 0 (``--reward-weights 1 1 0 0``).
