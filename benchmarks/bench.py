@@ -50,7 +50,7 @@ from benchmarks import asynchronous, serving, time_to_accuracy, training
 from benchmarks.baseline import check_against, write_baseline
 from benchmarks.measure import LASTING_SERVERS, Figure, machine
 from grpo_math.local_server import LocalServer, start_side_by_side
-from shared.datasets import dataset_problem
+from shared.datasets import require_dataset
 from shared.settings import Check, at_least, check_fields, parse_settings, require, setting
 
 SCENARIOS = {
@@ -139,7 +139,7 @@ class BenchSettings:
     def __post_init__(self) -> None:
         check_fields(self)
         require(self.all or bool(self.scenario), "scenario", "or --all: nothing to run")
-        require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
+        require_dataset("dataset", self.dataset)
         require(self.max_steps % self.eval_every == 0, "eval_every", "must divide --max-steps")
 
 

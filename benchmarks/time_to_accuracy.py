@@ -44,7 +44,7 @@ from grpo_math import recipe
 from grpo_math.pipeline import Phases, run_pipeline
 from shared.protocol import AdapterUpload
 from trainer import metrics as names
-from trainer.evaluation import wilson_interval
+from trainer.evaluation import percent, wilson_interval
 
 TRL_MODES = {"recipe": "transformers", "trl-colocate": "colocate"}
 OURS = ("merge", "lora", *OURS_VARIANTS)
@@ -300,11 +300,6 @@ def figures(curves: dict, peers: list[str], steps: int) -> list[Figure]:
                     for c in trained.values()]  # fmt: skip
         result.append(summary_figure(f"seconds per training step: {peer} ÷ ours", per_step, None, "×", note))
     return result
-
-
-def percent(metric: dict) -> str:
-    low, high = metric["ci95"]
-    return f"{100 * metric['value']:.1f} [{100 * low:.1f}–{100 * high:.1f}]"
 
 
 def tables(curves: dict, steps: int) -> str:

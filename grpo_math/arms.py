@@ -49,7 +49,7 @@ from typing import Literal
 
 from grpo_math import recipe
 from grpo_math.pipeline import Phases, generator_server, run_pipeline
-from shared.datasets import WORKED_SOLUTIONS_HELP, dataset_problem
+from shared.datasets import WORKED_SOLUTIONS_HELP, require_dataset
 from shared.models import cpu_model_name
 from shared.settings import (
     at_least,
@@ -61,6 +61,7 @@ from shared.settings import (
     setting,
     write_config,
 )
+from trainer.evaluation import percent
 
 Arm = Literal["sft", "sft-grpo", "sft10-grpo", "random-reward", "format-only"]
 ARMS: tuple[Arm, ...] = ("sft", "sft-grpo", "sft10-grpo", "random-reward", "format-only")
@@ -125,10 +126,9 @@ class ArmsSettings:
         check_fields(self)
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "must differ from one another")
         for name in ("dataset", "transfer_dataset"):
-            value = getattr(self, name)
-            require(value is None or dataset_problem(value) is None, name, dataset_problem(value or "") or "")
+            require_dataset(name, getattr(self, name))
         for value in self.ood_datasets:
-            require(dataset_problem(value) is None, "ood_datasets", dataset_problem(value) or "")
+            require_dataset("ood_datasets", value)
         for name in ("sft_eval_every", "sft_short_steps"):
             require(getattr(self, name) % self.sft_save_every == 0, name, "must be a multiple of --sft-save-every")
         require(self.sft_short_steps <= self.sft_steps, "sft_short_steps", "must be at most --sft-steps")
@@ -301,12 +301,6 @@ def run_arms(settings: ArmsSettings) -> Path:
 
 
 # ---- the report ----------------------------------------------------------------------------------
-
-
-def percent(metric: dict) -> str:
-    """``{"value": 0.25, "ci95": [0.2, 0.31]}`` → ``'25.0 [20.0–31.0]'``."""
-    low, high = metric["ci95"]
-    return f"{100 * metric['value']:.1f} [{100 * low:.1f}–{100 * high:.1f}]"
 
 
 def apart_above(better: dict, worse: dict, points: float = 0.0) -> bool:

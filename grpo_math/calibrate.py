@@ -19,9 +19,10 @@ from pathlib import Path
 
 from grpo_math import recipe
 from grpo_math.pipeline import Phases, generator_server, run_pipeline
-from grpo_math.study_report import final_metrics, percent
+from grpo_math.study_report import final_metrics
 from shared.arithmetic import DIFFICULTIES, PREFIX
 from shared.settings import Check, at_least, check_fields, parse_settings, setting, write_config
+from trainer.evaluation import percent
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,10 @@ def calibration_table(results: dict[str, dict]) -> str:
     ]
     for dataset, result in results.items():
         base, sft = result["base"], result["sft"]
+        truncated = f"{100 * base['truncation_rate']['value']:.0f} %"
         lines.append(
-            f"| {dataset} | {percent(base['lenient_accuracy'])} | {100 * base['truncation_rate']['value']:.0f} % | "
-            f"{percent(sft['strict_accuracy'])} | {percent(sft['strict_format_rate'])} |"
+            f"| {dataset} | {percent(base['lenient_accuracy'], ' %')} | {truncated} | "
+            f"{percent(sft['strict_accuracy'], ' %')} | {percent(sft['strict_format_rate'], ' %')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -45,7 +45,7 @@ from grpo_math.study_report import (
     results_table,
     sampled_accuracy,
 )
-from shared.datasets import WORKED_SOLUTIONS_HELP, dataset_problem
+from shared.datasets import WORKED_SOLUTIONS_HELP, require_dataset
 from shared.settings import at_least, check_fields, parse_settings, positive, require, setting, write_config
 
 QUICK = dict(
@@ -93,8 +93,7 @@ class StudySettings:
         check_fields(self)
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "must differ from one another")
         for name in ("dataset", "transfer_dataset"):
-            value = getattr(self, name)
-            require(value is None or dataset_problem(value) is None, name, dataset_problem(value or "") or "")
+            require_dataset(name, getattr(self, name))
         for folder in self.compare:
             require((Path(folder) / "study.json").is_file(), "compare", f"{folder}: no study.json (not a study)")
 

@@ -17,6 +17,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from trainer.evaluation import percent
+
 ACCURACIES = ("strict_accuracy", "lenient_accuracy", "strict_format_rate")
 # What went wrong in an answer, one kind each, in this order of precedence.
 FAILURE_KINDS = (
@@ -94,12 +96,6 @@ def goal_met(seed_final: dict, base: dict) -> bool:
     return seed_final["strict_accuracy"]["ci95"][0] > base["lenient_accuracy"]["ci95"][1]
 
 
-def percent(metric: dict) -> str:
-    """``{"value": 0.25, "ci95": [0.2, 0.31]}`` → ``'25.0 % [20.0–31.0]'``."""
-    low, high = metric["ci95"]
-    return f"{100 * metric['value']:.1f} % [{100 * low:.1f}–{100 * high:.1f}]"
-
-
 def read_rows(metrics_path: Path) -> list[dict]:
     return [json.loads(line) for line in metrics_path.read_text().splitlines()]
 
@@ -174,13 +170,13 @@ def results_table(studies: dict[str, dict]) -> str:
         base = study["base"]
         lines.append(
             f"| {name} | {changed_text} | base ({study['settings']['base_max_completion_length']} tokens) | "
-            + " | ".join(percent(base[metric]) for metric in ACCURACIES)
+            + " | ".join(percent(base[metric], " %") for metric in ACCURACIES)
             + " | |"
         )
         for seed, final in study["seeds"].items():
             lines.append(
                 f"| {name} | {changed_text} | seed {seed} after GRPO | "
-                + " | ".join(percent(final[metric]) for metric in ACCURACIES)
+                + " | ".join(percent(final[metric], " %") for metric in ACCURACIES)
                 + f" | {'met' if goal_met(final, base) else 'missed'} |"
             )
         for seed, reason in study.get("failed", {}).items():
@@ -255,11 +251,12 @@ def learning_table(result: dict) -> str:
         sft, control = result.get("sft", {}).get(seed), result.get("control", {}).get(seed)
         transfer, sampled = result.get("transfer", {}).get(seed), result.get("sampled_strict_accuracy", {}).get(seed)
         cells = [
-            percent(sft["strict_accuracy"]) if sft else "—",
-            percent(grpo["strict_accuracy"]),
-            percent(control["strict_accuracy"]) if control else "—",
+            percent(sft["strict_accuracy"], " %") if sft else "—",
+            percent(grpo["strict_accuracy"], " %"),
+            percent(control["strict_accuracy"], " %") if control else "—",
             f"{100 * sampled['first']:.1f} % → {100 * sampled['last']:.1f} %" if sampled else "—",
-            f"{percent(transfer['sft']['strict_accuracy'])} → {percent(transfer['grpo']['strict_accuracy'])}"
+            f"{percent(transfer['sft']['strict_accuracy'], ' %')} → "
+            f"{percent(transfer['grpo']['strict_accuracy'], ' %')}"
             if transfer
             else "—",
             "; ".join(

@@ -31,7 +31,7 @@ from pathlib import Path
 from shared.arithmetic import PREFIX, parse_task, task_records
 from shared.gsm8k import BUNDLED, HUB, load_gsm8k, problem_from_row
 from shared.prompting import Problem, build_prompt
-from shared.settings import SettingsError
+from shared.settings import SettingsError, require
 
 SPLIT_SLICE = re.compile(r"(\w+)(?:\[(-?\d*):(-?\d*)\])?")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}  # datasets' builders
@@ -155,3 +155,10 @@ def dataset_problem(dataset: str) -> str | None:
     if looks_local and not Path(dataset).expanduser().exists():
         return f"{dataset}: no such file or folder"
     return None
+
+
+def require_dataset(flag: str, dataset: str | None) -> None:
+    """In a settings class's ``__post_init__``: refuse ``dataset`` (None: no dataset, nothing to
+    check) naming ``flag`` when ``dataset_problem`` finds something wrong with it."""
+    problem = None if dataset is None else dataset_problem(dataset)
+    require(problem is None, flag, problem or "")

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from shared.datasets import DATASET_HELP, SYSTEM_PROMPT_HELP, dataset_problem, load_problems
+from shared.datasets import DATASET_HELP, SYSTEM_PROMPT_HELP, load_problems, require_dataset
 from shared.gsm8k import BUNDLED
 from shared.prompting import Problem
 from shared.protocol import AdapterUpload
@@ -74,7 +74,7 @@ class EvalSettings:
         )
         for folder in self.adapter:
             require(AdapterUpload.is_adapter_folder(folder), "adapter", f"{folder}: not a PEFT adapter folder")
-        require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
+        require_dataset("dataset", self.dataset)
         for spec in self.reward_funcs:
             require(reward_function_problem(spec) is None, "reward_funcs", reward_function_problem(spec) or "")
         require(self.num_generations == 1 or self.temperature > 0, "num_generations", "k > 1 needs --temperature > 0")

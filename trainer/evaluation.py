@@ -91,6 +91,16 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
     return (low, high)
 
 
+def percent(metric: dict, unit: str = "") -> str:
+    """A rate with its 95 % interval, in percent, for the results tables.
+
+    >>> percent({"value": 0.25, "ci95": [0.2, 0.31]}), percent({"value": 0.25, "ci95": [0.2, 0.31]}, " %")
+    ('25.0 [20.0–31.0]', '25.0 % [20.0–31.0]')
+    """
+    low, high = metric["ci95"]
+    return f"{100 * metric['value']:.1f}{unit} [{100 * low:.1f}–{100 * high:.1f}]"
+
+
 def strictly_correct(text: str, answer: str) -> bool:
     """The strict format, with the right answer in ``<SOLUTION>`` (strict accuracy's rule).
 

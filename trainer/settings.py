@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from shared.datasets import DATASET_HELP, SYSTEM_PROMPT_HELP, dataset_problem, longest_prompt_tokens
+from shared.datasets import DATASET_HELP, SYSTEM_PROMPT_HELP, longest_prompt_tokens, require_dataset
 from shared.models import is_missing_folder
 from shared.prompting import Problem
 from shared.protocol import AdapterUpload, HealthResponse, ServerLimits
@@ -187,7 +187,7 @@ class TrainSettings:
             "vllm_adapter_dir",
             "is needed with --generator vllm: the server loads adapters from a folder",
         )
-        require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
+        require_dataset("dataset", self.dataset)
         require(
             self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
             "reward_weights",

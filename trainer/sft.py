@@ -23,11 +23,11 @@ from typing import Literal
 
 import torch
 
-from shared.datasets import SYSTEM_PROMPT_HELP, WORKED_SOLUTIONS_HELP, dataset_problem, load_problems
+from shared.datasets import SYSTEM_PROMPT_HELP, WORKED_SOLUTIONS_HELP, load_problems, require_dataset
 from shared.gsm8k import solution_reasoning
 from shared.models import local_model_problems, resolve_model
 from shared.prompting import Problem, format_reference_completion
-from shared.settings import SettingsError, at_least, check_fields, parse_settings, positive, require, setting
+from shared.settings import SettingsError, at_least, check_fields, parse_settings, positive, setting
 from trainer.policy import compute_dtype_for, load_policy
 from trainer.settings import TrainSettings
 
@@ -63,7 +63,7 @@ class SFTSettings:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        require(dataset_problem(self.dataset) is None, "dataset", dataset_problem(self.dataset) or "")
+        require_dataset("dataset", self.dataset)
 
 
 def sft_example(problem: Problem) -> dict:
