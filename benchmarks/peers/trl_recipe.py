@@ -11,8 +11,10 @@ completions that are strictly correct (``trainer.evaluation.strictly_correct``),
 sampled right-answer fraction without changing the loss.
 
 Prints one ``@@ {json}`` line per optimizer step: ``{"step", "seconds", "generate_s", "rewards_s",
-"reward", "strict_accuracy", "completion_length_mean"}`` (seconds: the step's own, without
-checkpoint saving), and on failure one line ``{"error": ...}`` with the exception as raised. With
+"reward", "strict_accuracy", "completion_length_mean", "completion_length_max", "truncated_fraction"}``
+(seconds: the step's own, without checkpoint saving; transformers generates a step's completions
+in padded batches, so one completion that runs to the limit holds its batch's generation), and on
+failure one line ``{"error": ...}`` with the exception as raised. With
 ``--output-dir`` the lines also go to ``steps.jsonl`` there, and TRL saves a checkpoint (the
 adapter, the optimizer, the schedule) every ``--save-every`` steps under ``checkpoints/``;
 ``--resume`` continues from the newest one.
@@ -141,6 +143,8 @@ def run(args) -> None:
                         "reward": logs["reward"],
                         "strict_accuracy": logs.get("rewards/strictly_correct_completions/mean"),
                         "completion_length_mean": logs.get("completions/mean_length"),
+                        "completion_length_max": logs.get("completions/max_length"),
+                        "truncated_fraction": logs.get("completions/clipped_ratio"),
                     },
                 )
 
