@@ -24,10 +24,11 @@ Peers (``--peers``; ours in merge mode always runs, the others are compared with
   refuses to run here); ``trl-async`` is not part of this scenario.
 
 Resumable: with the same ``--output-dir``, a finished SFT adapter, evaluation or peer run is kept,
-ours continues from its newest checkpoint and TRL from its own. One seed of the recipe at 256
-tokens is about two hours on 2 cores; ``--seeds 1`` then ``--seeds 2`` ... runs it a sitting at
-a time: ``curves.json`` keeps the seeds run before (``earlier_seeds``), so a results page's copy of
-it, put in a fresh ``--output-dir``, is continued the same way. Writes
+ours continues from its newest checkpoint and TRL from its own. The recipe's steps are several
+times ours (run times: ``docs/results/2026-12-08-time-to-accuracy.md``), so ``--seeds 1`` then
+``--seeds 2`` ... runs the seeds a sitting at a time: ``curves.json`` keeps the seeds run before
+(``earlier_seeds``), so a results page's copy of it, put in a fresh ``--output-dir``, is continued
+the same way. Writes
 ``time-to-accuracy/curves.json``, ``time-to-accuracy.md`` (the tables) and ``time_to_accuracy.png``
 (accuracy by step and by training minute).
 """
@@ -321,15 +322,16 @@ def tables(curves: dict, steps: int) -> str:
                 cells = [percent(point[name]) for name in ACCURACIES]
                 minutes = f"{point['seconds'] / 60:.1f}"
                 lines.append(f"| {seed} | {peer} | {point['step']} | {minutes} | " + " | ".join(cells) + " |")
-    lines += ["", "Sampled completions strictly right, mean of the first and the last 10 steps:", "",
-              "| seed | peer | first 10 steps | last 10 steps |", "|---|---|---|---|"]  # fmt: skip
+    lines += ["", "Sampled completions strictly right, mean over the run's first and last steps (a third of its "
+              "steps, at most 10, each):", "",
+              "| seed | peer | steps each | first steps | last steps |", "|---|---|---|---|---|"]  # fmt: skip
     for seed, by_peer in curves.items():
         for peer, curve in peer_curves(by_peer).items():
             sampled = [value for value in curve.get("sampled_strict_accuracy", []) if value is not None]
             if sampled:
                 window = min(10, max(1, len(sampled) // 3))
                 first, last = statistics.mean(sampled[:window]), statistics.mean(sampled[-window:])
-                lines.append(f"| {seed} | {peer} | {100 * first:.1f} % | {100 * last:.1f} % |")
+                lines.append(f"| {seed} | {peer} | {window} | {100 * first:.1f} % | {100 * last:.1f} % |")
     return "\n".join(lines) + "\n"
 
 

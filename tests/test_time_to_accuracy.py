@@ -58,7 +58,9 @@ def test_reached_takes_the_first_evaluation_at_the_target_and_the_tables_name_ev
     text = tables(CURVES, steps=40)
     assert "| 1 | recipe | 40 | 150.0 | 40.0 [35.0–45.0] |" in text
     assert "| 2 | trl-colocate | — | — | failed: ValidationError" in text
-    assert "| 1 | merge | 10.0 % | 30.0 % |" in text  # the sampled right answers, first and last 10 steps
+    assert "| 1 | merge | 10 | 10.0 % | 30.0 % |" in text  # the sampled right answers, first and last 10 steps
+    short = {"1": {**CURVES["1"], "merge": {**CURVES["1"]["merge"], "sampled_strict_accuracy": [0.1] * 6 + [0.3] * 3}}}
+    assert "| 1 | merge | 3 | 10.0 % | 30.0 % |" in tables(short, steps=40)  # 9 steps: a third each
 
 
 def test_seeds_from_an_earlier_sitting_are_kept_and_each_names_its_cpu(tmp_path):
