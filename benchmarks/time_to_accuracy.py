@@ -28,9 +28,8 @@ ours continues from its newest checkpoint and TRL from its own. The recipe's ste
 times ours (run times: ``docs/results/2026-12-08-time-to-accuracy.md``), so ``--seeds 1`` then
 ``--seeds 2`` ... runs the seeds a sitting at a time: ``curves.json`` keeps the seeds run before
 (``earlier_seeds``), so a results page's copy of it, put in a fresh ``--output-dir``, is continued
-the same way. Writes
-``time-to-accuracy/curves.json``, ``time-to-accuracy.md`` (the tables) and ``time_to_accuracy.png``
-(accuracy by step and by training minute).
+the same way. Writes ``time-to-accuracy/curves.json``, ``time-to-accuracy.md`` (the tables) and
+``time_to_accuracy.png`` (accuracy by step and by training minute).
 """
 
 import json
